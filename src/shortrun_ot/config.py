@@ -1,0 +1,158 @@
+"""Configuration: params.yaml, its JSON schema, per-run settings and random streams."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import torch
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, misspelt or out of range."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _key_path(error: jsonschema.ValidationError, prefix: str) -> str:
+    parts = [str(p) for p in error.absolute_path]
+    if error.validator == "additionalProperties":  # name the misspelt key itself
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        parts += extra[:1]
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        parts += missing[:1]
+    return ".".join(([prefix] if prefix else []) + parts) or "<top level>"
+
+
+def _check(instance: Any, schema: dict, prefix: str = "") -> None:
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        error = errors[0]
+        raise ConfigError(f"config key '{_key_path(error, prefix)}': {error.message}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` with ``override`` merged in recursively (neither is modified)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def validate_config(config: dict) -> None:
+    """Check the whole workflow configuration; raise ConfigError naming the first bad key."""
+    schema = load_schema()
+    _check(config, schema)
+    for key in ("evaluation", "anomaly"):
+        for run in config[key]["runs"]:
+            if run not in config["runs"]:
+                raise ConfigError(f"config key '{key}.runs': {run!r} is not a key of 'runs' ({sorted(config['runs'])})")
+    all_run_settings(config, schema)
+
+
+def anomaly_run(model: str, digit: int, seed: int) -> str:
+    """Run key of one anomaly-protocol run (Table 2)."""
+    return f"{model}-holdout{digit}-seed{seed}"
+
+
+def all_run_settings(config: dict, schema: dict | None = None) -> dict[str, dict]:
+    """Settings of every run: the keys of ``runs`` and the anomaly runs derived from ``anomaly``."""
+    schema = schema or load_schema()
+    settings = {run: run_settings(config, run, schema) for run in config["runs"]}
+    anomaly = config["anomaly"]
+    for model in anomaly["runs"]:
+        for digit in anomaly["digits"]:
+            for seed in range(anomaly["seeds"]):
+                merged = deep_merge(settings[model], {**anomaly["training"], "heldout_digit": digit, "seed": seed})
+                key = anomaly_run(model, digit, seed)
+                _check(merged, {"$defs": schema["$defs"], **schema["$defs"]["training"]}, prefix=f"anomaly ({key})")
+                settings[key] = merged
+    return settings
+
+
+def _stage_schema(schema: dict) -> dict:
+    """Schema of the per-iteration settings a stage reads: a training block without ``iterations``."""
+    training = copy.deepcopy(schema["$defs"]["training"])
+    training["required"].remove("iterations")
+    del training["properties"]["iterations"]
+    return {"$defs": schema["$defs"], **training}
+
+
+def run_settings(config: dict, run: str, schema: dict | None = None) -> dict:
+    """The training settings of ``run``: ``training`` deep-merged with ``runs[run]``, validated."""
+    if run not in config["runs"]:
+        raise ConfigError(f"unknown run {run!r}; the configuration defines {sorted(config['runs'])}")
+    settings = deep_merge(config["training"], config["runs"][run] or {})
+    schema = schema or load_schema()
+    _check(settings, {"$defs": schema["$defs"], **schema["$defs"]["training"]}, prefix=f"runs.{run}")
+    return settings
+
+
+def stage_settings(settings: dict) -> dict:
+    """The settings that change what one iteration computes (everything but ``iterations``)."""
+    return {k: v for k, v in settings.items() if k != "iterations"}
+
+
+def load_stage_settings(path: str | Path) -> dict:
+    """Read and validate a run's ``config.json`` (written by the workflow's ``run_config`` rule)."""
+    path = Path(path)
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"run configuration {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"run configuration {path} is not valid JSON ({exc})") from None
+    check_stage_settings(settings, str(path))
+    return settings
+
+
+def check_stage_settings(settings: dict, where: str) -> None:
+    """Validate per-iteration settings; ``where`` prefixes the key named in the error."""
+    _check(settings, _stage_schema(load_schema()), prefix=where)
+
+
+def is_correction_iteration(settings: dict, t: int) -> bool:
+    """Alg. 1, line 8: correct when t % L == 0; never when alpha == 0 (plain ABP)."""
+    return settings["correction"]["alpha"] > 0 and t % settings["correction"]["every"] == 0
+
+
+def dataset_id(settings: dict) -> str:
+    """File stem of the prepared dataset a run trains on."""
+    if settings["heldout_digit"] is None:
+        return settings["dataset"]
+    return f"{settings['dataset']}-holdout{settings['heldout_digit']}-seed{settings['seed']}"
+
+
+def stage_rng(seed: int, iteration: int, stage: str) -> torch.Generator:
+    """A CPU random stream derived from (seed, iteration, stage) alone.
+
+    Resuming at any iteration reproduces the streams of an uninterrupted run, and two runs
+    with the same seed share their streams (common random numbers for ablations).
+    """
+    digest = hashlib.sha256(f"{seed}/{iteration}/{stage}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means cuda when available, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+    return torch.device(name)

@@ -1,0 +1,72 @@
+"""Learning step: maximise log p(I, z) (Eq. 5) over theta with Adam on the (z, I) pairs (Alg. 1, line 13)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def reconstruction_loss(generator: nn.Module, z: torch.Tensor, images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Batch mean of ||I - g(z)||^2 / (2 sigma^2), the negative of Eq. (5) in theta."""
+    return (images - generator(z)).flatten(1).pow(2).sum(1).mean() / (2 * sigma**2)
+
+
+def make_optimizer(generator: nn.Module, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
+    """Adam with the supplementary's betas (0.5, 0.99)."""
+    return torch.optim.Adam(generator.parameters(), lr=lr, betas=(beta1, beta2))
+
+
+@dataclass
+class LearningStats:
+    """What one learning step measured."""
+
+    loss_first_pass: float
+    loss_last_pass: float
+    grad_norm: float
+    passes: int
+    updates: int
+
+
+def learn(
+    generator: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    latents: torch.Tensor,
+    *,
+    passes: int,
+    batch_size: int,
+    sigma: float,
+    rng: torch.Generator,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> LearningStats:
+    """``passes`` (L2 of Table 6) shuffled minibatch passes of Adam over the pairs (z_i, I_i)."""
+    generator.train()
+    n = images.shape[0]
+    pass_losses, grad_norms, updates = [], [], 0
+    bar = tqdm(total=passes * n, desc="learning", unit="img", disable=not progress, unit_scale=True)
+    for _ in range(passes):
+        order = torch.randperm(n, generator=rng)
+        total = 0.0
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            loss = reconstruction_loss(generator, latents[idx].to(device), images[idx].to(device), sigma)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(generator.parameters(), float("inf")).item())
+            optimizer.step()
+            total += loss.item() * len(idx)
+            updates += 1
+            bar.update(len(idx))
+        pass_losses.append(total / n)
+    bar.close()
+    return LearningStats(
+        loss_first_pass=pass_losses[0],
+        loss_last_pass=pass_losses[-1],
+        grad_norm=sum(grad_norms) / len(grad_norms),
+        passes=passes,
+        updates=updates,
+    )

@@ -1,0 +1,88 @@
+"""Evaluation metrics: FID (as pytorch-fid computes it), reconstruction MSE and anomaly AUPRC."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from pytorch_fid.fid_score import calculate_frechet_distance
+from sklearn.metrics import auc, precision_recall_curve
+from tqdm import tqdm
+
+from .io import atomic_write
+
+
+def inception_features(images: torch.Tensor, model: torch.nn.Module, batch_size: int = 50,
+                       device: str | torch.device | None = None, progress: bool = False) -> np.ndarray:
+    """Pool3 features (N, 2048), float64, of images (N, C, H, W) on the [0, 1] scale, C in {1, 3}.
+
+    ``model`` is pytorch-fid's ``InceptionV3`` (see :func:`shortrun_ot.inception.load_fid_inception`),
+    which resizes to 299x299 and maps [0, 1] to [-1, 1] itself. Grey images are repeated to three
+    channels; values are clamped to [0, 1], as they would be in saved image files.
+    """
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images of shape (N, 1 or 3, H, W), got {tuple(images.shape)}")
+    if device is None:
+        device = next(model.parameters()).device
+    features = []
+    with torch.no_grad():
+        for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="Inception"):
+            batch = images[start:start + batch_size].to(device, torch.float32).clamp(0, 1)
+            batch = batch.expand(-1, 3, -1, -1)
+            features.append(model(batch)[0].flatten(1).cpu().double())
+    return torch.cat(features).numpy()
+
+
+def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of features (N, D), as pytorch-fid's ``calculate_activation_statistics``."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"expected features of shape (N >= 2, D), got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int) -> Path:
+    """Write ``mu``, ``sigma`` (pytorch-fid's npz keys) and the sample count ``n`` atomically."""
+    return atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, n=n))
+
+
+def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
+    """Read ``(mu, sigma, n)`` written by :func:`save_statistics`."""
+    with np.load(path) as data:
+        return data["mu"], data["sigma"], int(data["n"])
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance between two Gaussians (pytorch-fid's ``calculate_frechet_distance``)."""
+    return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def reconstruction_mse(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """Per-pixel mean squared error on the [0, 1] scale of images given on the model's [-1, 1] scale."""
+    images, reconstructions = torch.as_tensor(images), torch.as_tensor(reconstructions)
+    if images.shape != reconstructions.shape:
+        raise ValueError(f"shape mismatch: {tuple(images.shape)} vs {tuple(reconstructions.shape)}")
+    x, y = (images.double() + 1) / 2, (reconstructions.double() + 1) / 2
+    return float(((x - y) ** 2).mean())
+
+
+def auprc(scores, is_anomaly) -> float:
+    """Area under the precision-recall curve, anomalies as the positive class.
+
+    ``auc(recall, precision)`` over sklearn's ``precision_recall_curve`` (trapezoidal), as in the
+    code of Zenati et al. (2018) and Pang et al. (2020); higher scores mean more anomalous.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    is_anomaly = np.asarray(is_anomaly)
+    if scores.ndim != 1 or scores.shape != is_anomaly.shape:
+        raise ValueError(f"scores {scores.shape} and is_anomaly {is_anomaly.shape} must be 1-D of equal length")
+    if not np.isin(is_anomaly, (0, 1)).all():
+        raise ValueError("is_anomaly must be boolean or 0/1")
+    if is_anomaly.all() or not is_anomaly.any():
+        raise ValueError("is_anomaly must contain both anomalies and normal samples")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    precision, recall, _ = precision_recall_curve(is_anomaly.astype(int), scores)
+    return float(auc(recall, precision))

@@ -1,0 +1,107 @@
+"""Top-down generators g(z) of the paper's Table 7 (supplementary Table 1).
+
+The model is I = g(z) + eps, eps ~ N(0, sigma^2 I), z ~ N(0, I_d) (Sec. 3, Eq. 1).
+Images live on the [-1, 1] scale (Tanh output).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: Image shape (channels, height, width) and the paper's latent size per architecture.
+ARCHITECTURES = {
+    "mnist": {"image_shape": (1, 28, 28), "latent_dim": 30},
+    "svhn": {"image_shape": (3, 32, 32), "latent_dim": 64},
+    "celeba": {"image_shape": (3, 64, 64), "latent_dim": 64},
+}
+
+
+def _up(in_ch: int, out_ch: int) -> list[nn.Module]:
+    """5x5 stride-2 transposed convolution doubling the resolution, BN, ReLU."""
+    return [
+        nn.ConvTranspose2d(in_ch, out_ch, 5, stride=2, padding=2, output_padding=1),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(),
+    ]
+
+
+class MnistGenerator(nn.Module):
+    """Table 7, MNIST: Linear 1024 -> Linear 7*7*128 -> ConvT 2x2/2 64 -> ConvT 2x2/2 C, Tanh."""
+
+    def __init__(self, latent_dim: int = 30, channels: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(latent_dim, 1024),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(),
+            nn.Linear(1024, 7 * 7 * 128),
+            nn.BatchNorm1d(7 * 7 * 128),
+            nn.ReLU(),
+            nn.Unflatten(1, (128, 7, 7)),
+            nn.ConvTranspose2d(128, 64, 2, stride=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, channels, 2, stride=2),
+            nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class DcganGenerator(nn.Module):
+    """Table 7, SVHN (base 64, 32x32) and CelebA (base 128, 64x64): 5x5 stride-2 ConvT stack."""
+
+    def __init__(self, latent_dim: int, base: int, start: int, doublings: int, channels: int = 3):
+        super().__init__()
+        width = base * 2 ** (doublings - 1)
+        layers: list[nn.Module] = [nn.Unflatten(1, (latent_dim, 1, 1)), nn.ConvTranspose2d(latent_dim, width, start)]
+        for _ in range(doublings - 1):
+            layers += _up(width, width // 2)
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, channels, 5, stride=2, padding=2, output_padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def build_generator(architecture: str, latent_dim: int) -> nn.Module:
+    """The Table 7 generator for ``architecture`` with Xavier-normal initialisation (supp. Sec. C)."""
+    if architecture == "mnist":
+        model = MnistGenerator(latent_dim, channels=ARCHITECTURES["mnist"]["image_shape"][0])
+    elif architecture == "svhn":  # 1x1 -> 2x2x512 -> 4, 8, 16, 32
+        model = DcganGenerator(latent_dim, base=64, start=2, doublings=4)
+    elif architecture == "celeba":  # 1x1 -> 4x4x1024 -> 8, 16, 32, 64
+        model = DcganGenerator(latent_dim, base=128, start=4, doublings=4)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.ConvTranspose2d)):
+            nn.init.xavier_normal_(module.weight)
+            nn.init.zeros_(module.bias)
+    return model
+
+
+class frozen_batchnorm_statistics:
+    """Context manager: batch-norm layers normalise with batch statistics but leave running stats unchanged.
+
+    Inference (Langevin) sees the same function g as learning does, without the inference
+    passes moving the running averages used later for sampling.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.saved = [(m.momentum, m.num_batches_tracked.clone()) for m in self.layers]
+        for m in self.layers:
+            m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc):
+        for m, (momentum, tracked) in zip(self.layers, self.saved):
+            m.momentum = momentum
+            m.num_batches_tracked.copy_(tracked)
+        return False

@@ -1,0 +1,76 @@
+"""The paper's Tables 1 and 2: measured rows next to the numbers printed in the paper."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from .io import save_text
+
+DATASET_TITLE = {"mnist": "MNIST", "mnist5k": "MNIST (5k subset)"}
+MODEL_TITLE = {"ours": "Ours", "abp": "ABP"}
+
+
+def paper_rows(path: str | Path, table: int) -> pd.DataFrame:
+    """The paper's numbers of ``table`` from the reference CSV (columns dataset, model, metric, value, std)."""
+    reference = pd.read_csv(path)
+    return reference[reference["table"] == table].drop(columns="table")
+
+
+def _title(run: str) -> str:
+    return MODEL_TITLE.get(run, run)
+
+
+def table1(metrics_files: dict[str, str | Path], reference: str | Path) -> pd.DataFrame:
+    """One row per (dataset, model): MSE (train, test), FID and its sample count, and the source."""
+    rows = []
+    for run, path in metrics_files.items():
+        m = json.loads(Path(path).read_text())
+        rows.append({
+            "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(run), "source": "measured",
+            "mse_train": m["mse_train"], "mse_test": m["mse_test"], "fid": m["fid"], "fid_samples": m["fid_samples"],
+            "fid_real_images": m["fid_real_images"], "train_images": m["train_images"], "iterations": m["iterations"],
+            "ot_cost": m["ot_cost"],
+        })
+    paper = paper_rows(reference, 1).pivot_table(index=["dataset", "model"], columns="metric", values="value",
+                                                   sort=False).reset_index()
+    paper = paper.rename(columns={"mse": "mse_train"}).assign(source="paper")
+    return pd.concat([pd.DataFrame(rows), paper], ignore_index=True)
+
+
+def table2(anomaly_files: list[str | Path], reference: str | Path) -> pd.DataFrame:
+    """AUPRC per held-out digit as mean and std over seeds, per model; the paper's rows below."""
+    records = []
+    for path in anomaly_files:
+        a = json.loads(Path(path).read_text())
+        records.append({"model": _title(a["model"]), "digit": a["heldout_digit"], "seed": a["seed"], "auprc": a["auprc"]})
+    measured = (
+        pd.DataFrame(records).groupby(["model", "digit"])["auprc"]
+        .agg(mean="mean", std=lambda x: x.std(ddof=1) if len(x) > 1 else float("nan"), seeds="count")
+        .reset_index().assign(source="measured")
+    )
+    paper = paper_rows(reference, 2)
+    paper = pd.DataFrame({
+        "model": paper["model"], "digit": paper["metric"].str.removeprefix("auprc_digit").astype(int),
+        "mean": paper["value"], "std": paper["std"], "seeds": pd.NA, "source": "paper",
+    })
+    return pd.concat([measured, paper], ignore_index=True)
+
+
+def markdown(table: pd.DataFrame, caption: str) -> str:
+    """A Markdown rendering (pipe table) with a caption line."""
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    def cell(v):
+        if isinstance(v, float):
+            return "" if pd.isna(v) else f"{v:.4g}"
+        return "" if v is None or v is pd.NA else str(v)
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([caption, "", header, rule, *body]) + "\n"
+
+
+def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, caption: str) -> None:
+    save_text(table.to_csv(index=False), csv_path)
+    save_text(markdown(table, caption), md_path)

@@ -1,0 +1,41 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(tmp: Path, **training) -> Path:
+    """A few-iteration configuration on a few hundred embedded MNIST digits, written under ``tmp``."""
+    config = {
+        "results": str(tmp / "results"),
+        "data": {"raw_root": str(tmp / "raw"), "prepared": str(tmp / "prepared")},
+        "device": "cpu",
+        "training": {
+            "dataset": "mnist5k", "train_images": 200, "batch_size": 100, "iterations": 4,
+            "langevin": {"steps": 3, "step_size": 0.05}, "correction": {"every": 2}, **training,
+        },
+        "evaluation": {"fid_samples": 20, "test_langevin_steps": 3, "test_images": 40, "batch_size": 20},
+    }
+    path = tmp / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the real Snakemake CLI of this environment in the repository."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO
