@@ -19,7 +19,8 @@ def tiny_config(tmp: Path, **training) -> Path:
             "dataset": "mnist5k", "train_images": 200, "batch_size": 100, "iterations": 4,
             "langevin": {"steps": 3, "step_size": 0.05}, "correction": {"every": 2}, **training,
         },
-        "evaluation": {"fid_samples": 20, "test_langevin_steps": 3, "test_images": 40, "batch_size": 20},
+        "evaluation": {"fid_samples": 20, "fid_real_images": 20, "test_langevin_steps": 3, "test_images": 40,
+                       "batch_size": 20},
     }
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))

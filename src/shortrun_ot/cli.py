@@ -73,7 +73,8 @@ def cmd_learn(args):
                              args.checkpoint_out, args.stats_out, resolve_device(args.device), progress=True)
     except FloatingPointError as exc:
         raise FloatingPointError(
-            f"{exc}; lower 'learning.lr' (now {settings['learning']['lr']}) or 'langevin.step_size'"
+            f"{exc}; lower 'learning.lr' (now {settings['learning']['lr']}) or 'langevin.step_size' "
+            f"(now {settings['langevin']['step_size']}), or raise 'sigma' (now {settings['sigma']})"
         ) from None
     print(json.dumps(report))
 
@@ -158,6 +159,13 @@ def cmd_table2(args):
 
     write_table(table2(args.anomaly, args.reference), args.csv, args.markdown,
                 "Table 2: anomaly-detection AUPRC per held-out MNIST digit (mean and std over seeds).")
+
+
+def cmd_history(args):
+    from .history import write_history
+
+    rows = write_history(args.stats, args.out)
+    print(json.dumps({"run": args.run, "iterations": len(rows), "out": args.out}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,6 +264,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True)
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
+
+    p = sub.add_parser("history", help="per-iteration history CSV of a run (DVC plots)")
+    p.set_defaults(func=cmd_history)
+    p.add_argument("--run", help="experiment key (for messages)")
+    p.add_argument("--stats", nargs="+", required=True, help="the run's infer/correct/learn JSON files")
+    p.add_argument("--out", required=True)
     return parser
 
 
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError, FloatingPointError) as exc:
+    except (ConfigError, ValueError, RuntimeError, OSError, FloatingPointError) as exc:  # OSError: disk full, ...
         print(f"shortrun-ot: error: {_context(args)}: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -100,9 +100,15 @@ def _download_mnist(root: Path) -> None:
     """Download MNIST into ``root/MNIST/raw`` with torchvision (which checks MD5 sums)."""
     import torchvision
 
+    created = [d for d in (root / "MNIST" / "raw", root / "MNIST", root, *root.parents) if not d.exists()]
     try:
         torchvision.datasets.MNIST(root, train=True, download=True)
     except (RuntimeError, OSError) as exc:
+        for directory in created:  # a failed download leaves nothing behind (deepest first)
+            try:
+                directory.rmdir()
+            except OSError:  # not empty (partial download) or never created
+                pass
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DatasetUnavailableError(
             f"MNIST is not in {root} and the download failed ({first_line}). "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,6 +52,32 @@ class InferenceStats:
     latent_norm: float
     steps: int
     step_size: float
+    # only when the opt-in back-off fired: [{"examples": [first, last], "step_size": s}, ...]
+    backoff: list | None = None
+
+
+def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, device, bar, lo):
+    """K Langevin steps for one batch; (z, sum of log p at the start, at the end) or DivergenceError."""
+    start = None
+    for k in range(steps):
+        noise = torch.randn(z.shape, generator=rng).to(device)
+        z, log_p = langevin_step(generator, z, batch, step_size=step_size, sigma=sigma, noise=noise)
+        if k == 0:
+            start = log_p.sum().item()
+        if not torch.isfinite(log_p).all():  # stop at once: arithmetic on Inf/NaN is slow and pointless
+            raise DivergenceError(
+                f"log p(I, z) became non-finite at Langevin step {k + 1} of {steps} in examples {lo}..{lo + len(z) - 1}"
+            )
+        bar.update(z.shape[0])
+    if not torch.isfinite(z).all():
+        raise DivergenceError(f"Langevin latents became non-finite in examples {lo}..{lo + len(z) - 1}")
+    with torch.no_grad():
+        end = log_joint(generator, z, batch, sigma).sum().item()
+    if not (math.isfinite(start) and math.isfinite(end)):
+        raise DivergenceError(
+            f"log p(I, z) became non-finite ({start}, {end}) in examples {lo}..{lo + len(z) - 1}"
+        )
+    return z, start, end
 
 
 def short_run_inference(
@@ -65,6 +92,7 @@ def short_run_inference(
     rng: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    backoff: int = 0,
 ) -> tuple[torch.Tensor, InferenceStats]:
     """K-step Langevin dynamics (Eq. 7) from ``z_init`` for every image, in batches.
 
@@ -72,24 +100,37 @@ def short_run_inference(
     xi_k ~ N(0, I) comes from ``rng`` (a CPU generator) so that results do not depend on the
     device's random stream; the batches are visited in order. Raises DivergenceError when a
     latent or log-density becomes non-finite.
+
+    ``backoff`` > 0 (opt-in) retries a diverged batch up to that many times, each time from the
+    same starting latents and noise with half the step size; ``stats.backoff`` lists what fired.
     """
     n = images.shape[0]
     out = torch.empty_like(z_init)
     start_sum = end_sum = 0.0
+    fired = []
     bar = tqdm(total=n * steps, desc="Langevin", unit="step", disable=not progress, unit_scale=True)
     for lo in range(0, n, batch_size):
         batch = images[lo : lo + batch_size].to(device)
-        z = z_init[lo : lo + batch_size].to(device)
-        for k in range(steps):
-            noise = torch.randn(z.shape, generator=rng).to(device)
-            z, log_p = langevin_step(generator, z, batch, step_size=step_size, sigma=sigma, noise=noise)
-            if k == 0:
-                start_sum += log_p.sum().item()
-            bar.update(z.shape[0])
-        if not torch.isfinite(z).all():
-            raise DivergenceError(f"Langevin latents became non-finite in examples {lo}..{lo + len(z) - 1}")
-        with torch.no_grad():
-            end_sum += log_joint(generator, z, batch, sigma).sum().item()
+        z0 = z_init[lo : lo + batch_size].to(device)
+        rng_state, size = rng.get_state(), step_size
+        for attempt in range(backoff + 1):
+            try:
+                z, start, end = _run_batch(generator, batch, z0, steps=steps, step_size=size, sigma=sigma,
+                                           rng=rng, device=device, bar=bar, lo=lo)
+                break
+            except DivergenceError as exc:
+                if attempt == backoff:
+                    if backoff:
+                        raise DivergenceError(
+                            f"{exc}, even after {backoff} halvings of the step size to {size}"
+                        ) from None
+                    raise
+                rng.set_state(rng_state)  # the same noise again
+                size /= 2
+        if size != step_size:
+            fired.append({"examples": [lo, lo + len(z) - 1], "step_size": size})
+        start_sum += start
+        end_sum += end
         out[lo : lo + batch_size] = z.cpu()
     bar.close()
     stats = InferenceStats(
@@ -98,7 +139,8 @@ def short_run_inference(
         latent_norm=out.norm(dim=1).mean().item(),
         steps=steps,
         step_size=step_size,
+        backoff=fired or None,
     )
-    if not (torch.isfinite(torch.tensor([stats.log_joint_start, stats.log_joint_end])).all()):
+    if not math.isfinite(stats.log_joint_start + stats.log_joint_end):
         raise DivergenceError(f"log p(I, z) became non-finite ({stats.log_joint_start}, {stats.log_joint_end})")
     return out, stats

@@ -1,11 +1,15 @@
 rule prepare_data:
     output:
-        data=PREPARED + "/{dataset}.pt",
-        manifest=PREPARED + "/{dataset}.pt.json",
+        data=f"{PREPARED}/{{dataset}}.pt",
+        manifest=f"{PREPARED}/{{dataset}}.pt.json",
     log:
-        PREPARED + "/logs/{dataset}.log",
+        f"{PREPARED}/logs/{{dataset}}.log",
     wildcard_constraints:
         dataset="mnist|mnist5k",
+    localrule: True  # on a cluster: runs where Snakemake runs (downloads need the network)
+    resources:
+        mem_mb=4000,
+        runtime=30,
     shell:
         "{CLI} prepare --dataset {wildcards.dataset} --raw-root {RAW}/{wildcards.dataset} "
         "--out {output.data} > {log} 2>&1"
@@ -13,14 +17,18 @@ rule prepare_data:
 
 rule prepare_anomaly_data:
     output:
-        data=PREPARED + "/{dataset}-holdout{digit}-seed{seed}.pt",
-        manifest=PREPARED + "/{dataset}-holdout{digit}-seed{seed}.pt.json",
+        data=f"{PREPARED}/{{dataset}}-holdout{{digit}}-seed{{seed}}.pt",
+        manifest=f"{PREPARED}/{{dataset}}-holdout{{digit}}-seed{{seed}}.pt.json",
     log:
-        PREPARED + "/logs/{dataset}-holdout{digit}-seed{seed}.log",
+        f"{PREPARED}/logs/{{dataset}}-holdout{{digit}}-seed{{seed}}.log",
     wildcard_constraints:
         dataset="mnist|mnist5k",
         digit=r"\d",
         seed=r"\d+",
+    localrule: True
+    resources:
+        mem_mb=4000,
+        runtime=30,
     shell:
         "{CLI} prepare --dataset {wildcards.dataset} --raw-root {RAW}/{wildcards.dataset} "
         "--heldout-digit {wildcards.digit} --seed {wildcards.seed} --out {output.data} > {log} 2>&1"

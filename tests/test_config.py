@@ -1,0 +1,117 @@
+"""The configuration schema rejects bad configurations at once, naming the key.
+
+Two ways in: `snakemake` (workflow/rules/common.smk validates before building the DAG) and the
+Python entry points (`shortrun_ot.config.validate_config`, the stage CLI on a run's settings).
+"""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shortrun_ot import cli
+from shortrun_ot.config import ConfigError, deep_merge, stage_settings, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+QUICK = yaml.safe_load((REPO / "config" / "quick.yaml").read_text())
+
+
+def _set(path: str, value):
+    def change(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return change
+
+
+def _drop(path: str):
+    def change(config):
+        *parents, last = path.split(".")
+        node = config
+        for key in parents:
+            node = node[key]
+        del node[last]
+    return change
+
+
+# (change, the key the error must name)
+BAD = {
+    "misspelt key": (_set("training.langevin.step_sise", 0.1), "training.langevin.step_sise"),
+    "misspelt section": (_set("training.corection", {"alpha": 0.5}), "training.corection"),
+    "unknown top-level key": (_set("iterations", 10), "iterations"),
+    "negative step size": (_set("training.langevin.step_size", -0.1), "training.langevin.step_size"),
+    "zero step size": (_set("training.langevin.step_size", 0), "training.langevin.step_size"),
+    "alpha above 1": (_set("training.correction.alpha", 1.5), "training.correction.alpha"),
+    "alpha below 0 in a run": (_set("runs.abp.correction.alpha", -0.2), "runs.abp.correction.alpha"),
+    "misspelt run override": (_set("runs.abp.correction.alpah", 0.0), "runs.abp.correction.alpah"),
+    "bad anomaly override": (_set("anomaly.training.learning", {"lr": -1.0}), "anomaly.training.learning.lr"),
+    "wrong type": (_set("training.iterations", "ten"), "training.iterations"),
+    "missing key": (_drop("training.learning.lr"), "training.learning.lr"),
+    "bad device": (_set("device", "gpu"), "device"),
+    "table run not defined": (_set("evaluation.runs", ["ours", "vae"]), "evaluation.runs"),
+    "digit out of range": (_set("anomaly.digits", [1, 10]), "anomaly.digits"),
+}
+
+
+def test_shipped_configurations_are_valid():
+    validate_config(copy.deepcopy(PARAMS))
+    validate_config(deep_merge(PARAMS, QUICK))
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_validate_config_names_the_bad_key(case):
+    change, key = BAD[case]
+    config = copy.deepcopy(PARAMS)
+    change(config)
+    with pytest.raises(ConfigError, match=rf"config key '{key}(\.\d+)?'"):
+        validate_config(config)
+
+
+def test_stage_entry_point_rejects_bad_run_settings(tmp_path, capsys):
+    """A stage run directly (not through Snakemake) validates the settings it is given."""
+    settings = stage_settings(deep_merge(PARAMS["training"], {"correction": {"alpha": 2.0}}))
+    out = tmp_path / "config.json"
+    code = cli.main(["write-config", "--run", "ours", "--settings", json.dumps(settings), "--out", str(out)])
+    assert code == 1 and not out.exists()
+    assert "runs.ours.correction.alpha" in capsys.readouterr().err
+
+    settings = stage_settings(PARAMS["training"])
+    settings["langevin"]["stepsize"] = 0.1
+    (tmp_path / "bad.json").write_text(json.dumps(settings))
+    code = cli.main(["learn", "--run", "ours", "--iteration", "1", "--config", str(tmp_path / "bad.json"),
+                     "--data", "none.pt", "--checkpoint", "none.pt", "--latents", "none.pt",
+                     "--stats-out", str(tmp_path / "s.json"), "--checkpoint-out", str(tmp_path / "c.pt")])
+    assert code == 1
+    assert "langevin.stepsize" in capsys.readouterr().err
+
+
+# Through Snakemake: the workflow stops while parsing, before any job is planned or started.
+SNAKEMAKE_BAD = {
+    "misspelt key": ({"training": {"langevin": {"step_sise": 0.1}}}, "step_sise"),
+    "negative step size": ({"training": {"langevin": {"step_size": -0.1}}}, "step_size"),
+    "alpha outside [0, 1]": ({"runs": {"ours": {"correction": {"alpha": 1.5}}}}, "alpha"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SNAKEMAKE_BAD))
+def test_snakemake_rejects_bad_configuration_before_any_job(tmp_path, case):
+    overlay, key = SNAKEMAKE_BAD[case]
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"results": str(tmp_path / "results"), **overlay}))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", str(config)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert key in output, output
+    assert "Job stats" not in output and "rule prepare_data" not in output
+    assert not (tmp_path / "results").exists()

@@ -1,0 +1,254 @@
+"""The DVC pipeline (dvc.yaml) over the Snakemake workflow, and the run histories it plots.
+
+Cheap by design: the pipeline definition is checked against Snakemake's view of the quick
+configuration; `dvc repro --dry` and `dvc status` run on a scratch copy whose outputs are
+placeholders; one real stage (prepare@mnist5k) runs, round-trips through a local remote and
+is not rerun.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from shortrun_ot import cli
+from shortrun_ot.config import all_run_settings, anomaly_run, dataset_id, deep_merge
+from shortrun_ot.history import HEADER, history_rows, write_history
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
+PIPELINE = DVC_YAML["vars"][0]["pipeline"]
+CONFIG_FILE = PIPELINE["config"]
+CONFIG = deep_merge(PARAMS, yaml.safe_load((REPO / CONFIG_FILE).read_text()))
+SETTINGS = all_run_settings(CONFIG)
+ANOMALY_RUNS = [anomaly_run(model, digit, seed) for model in CONFIG["anomaly"]["runs"]
+                for digit in CONFIG["anomaly"]["digits"] for seed in range(CONFIG["anomaly"]["seeds"])]
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's internals
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore",
+       "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def run(*cmd: str, cwd: Path, check: bool = True) -> str:
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV)
+    output = result.stdout + result.stderr
+    if check:
+        assert result.returncode == 0, f"{' '.join(cmd)}:\n{output[-5000:]}"
+    return output
+
+
+def dvc(*args: str, cwd: Path, check: bool = True) -> str:
+    return run(sys.executable, "-m", "dvc", *args, cwd=cwd, check=check)
+
+
+@pytest.fixture
+def scratch(tmp_path) -> Path:
+    """A copy of the repository's pipeline files with a fresh DVC project (no Git)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy2(REPO / name, root / name)
+    for name in ("config", "workflow", "src"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    dvc("init", "--no-scm", "-q", cwd=root)
+    dvc("config", "core.analytics", "false", cwd=root)
+    return root
+
+
+def stages(root: Path) -> dict:
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return {stage.name: stage for stage in repo.index.stages}
+
+
+# --- dvc.yaml agrees with the Snakemake configuration it reproduces --------------------------
+
+def test_pipeline_names_match_the_snakemake_configuration():
+    assert f"--configfile {CONFIG_FILE}" in PIPELINE["snakemake"]
+    assert PIPELINE["results"] == CONFIG["results"]
+    assert PIPELINE["prepared"] == CONFIG["data"]["prepared"]
+    assert sorted(PIPELINE["runs"]) == sorted(CONFIG["evaluation"]["runs"])
+    assert sorted(PIPELINE["anomaly_runs"]) == sorted(ANOMALY_RUNS)
+    assert sorted(PIPELINE["datasets"]) == sorted({dataset_id(s) for s in SETTINGS.values()})
+    n_real = CONFIG["evaluation"]["fid_real_images"] or "all"
+    datasets = {SETTINGS[run]["dataset"] for run in CONFIG["evaluation"]["runs"]}
+    assert [PIPELINE["fid"]] == [f"{CONFIG['results']}/fid/{d}-{n_real}.npz" for d in datasets]
+    for run, item in {**PIPELINE["runs"], **PIPELINE["anomaly_runs"]}.items():
+        assert item["data"] == dataset_id(SETTINGS[run]), run
+        model = item.get("model", run)
+        overridden = "alpha" in (CONFIG["runs"][model] or {}).get("correction", {})
+        assert item["alpha"] == (f"runs.{model}.correction.alpha" if overridden else "training.correction.alpha")
+    deps = {stage: spec["deps"] for stage, spec in DVC_YAML["stages"].items() if "deps" in spec}
+    assert {f"${{pipeline.results}}/runs/{run}/metrics.json" for run in CONFIG["evaluation"]["runs"]} <= set(deps["table1"])
+    assert {f"${{pipeline.results}}/runs/{run}/anomaly.json" for run in ANOMALY_RUNS} <= set(deps["table2"])
+    for plot in DVC_YAML["plots"]:
+        (spec,) = plot.values()
+        assert all(path.startswith(f"{CONFIG['results']}/runs/") for path in spec["y"])
+
+
+def _leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
+def _defines(tree: dict, dotted: str) -> bool:
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return False
+        tree = tree[key]
+    return True
+
+
+def _source(run: str, leaf: str) -> tuple[str, str]:
+    """(file, dotted key) that sets ``leaf`` of a run's settings (the last layer that defines it)."""
+    quick = yaml.safe_load((REPO / CONFIG_FILE).read_text())
+    model = run.split("-holdout")[0]
+    layers = [("anomaly.training", run != model), (f"runs.{model}", True), ("training", True)]
+    for section, applies in layers:
+        for file, data in ((CONFIG_FILE, quick), ("params.yaml", PARAMS)):
+            if applies and _defines(data, f"{section}.{leaf}"):
+                return file, f"{section}.{leaf}"
+    raise AssertionError(f"{run}: no source for {leaf}")
+
+
+def test_run_stages_declare_exactly_the_params_their_settings_come_from(scratch):
+    found = stages(scratch)
+    for run in [*PIPELINE["runs"], *PIPELINE["anomaly_runs"]]:
+        stage = found[f"train@{run}" if run in PIPELINE["runs"] else f"anomaly@{run}"]
+        declared = {(Path(d.def_path).as_posix(), key) for d in stage.deps if hasattr(d, "params") for key in d.params}
+        sources = set()
+        for leaf in _leaves(SETTINGS[run]):
+            if run in ANOMALY_RUNS and leaf in ("heldout_digit", "seed"):
+                continue  # set by the run's key
+            file, key = _source(run, leaf)
+            sources.add((file, key))
+            assert any(f == file and (key == k or key.startswith(k + ".")) for f, k in declared), (run, file, key)
+        # precision: every declared params.yaml key sets something this run reads
+        for file, key in declared:
+            if file == "params.yaml" and key.startswith("training."):
+                assert any(f == file and (s == key or s.startswith(key + ".")) for f, s in sources), (run, key)
+
+
+# --- dvc repro --dry, dvc status, plots on placeholder outputs -------------------------------
+
+HISTORY = "iteration,corrected," + ",".join(HEADER[2:]) + "\n"
+
+
+def fill_outputs(root: Path) -> None:
+    """Write a placeholder for every output of every stage (history CSVs that DVC can plot)."""
+    for stage in stages(root).values():
+        for out in stage.outs:
+            path = Path(out.fs_path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.name == "history.csv":
+                rows = [f"{t},{int(t % 5 == 0)}," + ",".join(str(t * 0.1 + i) for i in range(len(HEADER) - 2))
+                        for t in range(1, 4)]
+                path.write_text(HISTORY + "\n".join(rows) + "\n")
+            elif path.suffix == ".json":
+                path.write_text(json.dumps({"stage": stage.name, "value": 1.0}))
+            else:
+                path.write_text(f"{stage.name}\n")
+
+
+def stages_to_run(root: Path) -> set[str]:
+    output = dvc("repro", "--dry", cwd=root)
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+
+
+def test_repro_dry_status_and_alpha_change(scratch):
+    found = stages(scratch)
+    expected = {f"prepare@{d}" for d in PIPELINE["datasets"]} | {"fid_reference", "table1", "table2"}
+    expected |= {f"{s}@{r}" for s in ("train", "evaluate", "figures") for r in PIPELINE["runs"]}
+    expected |= {f"anomaly@{r}" for r in PIPELINE["anomaly_runs"]}
+    assert set(found) == expected
+
+    fill_outputs(scratch)
+    dvc("commit", "--force", "-q", cwd=scratch)  # record the placeholders as if every stage had run
+    assert "Data and pipelines are up to date" in dvc("status", cwd=scratch)
+    assert stages_to_run(scratch) == set(), "running again does nothing"
+
+    plots = json.loads(dvc("plots", "show", "--json", cwd=scratch))
+    assert {"Training loss (last learning pass)", "Mean log p(I, z) after inference"} <= set(plots["data"])
+
+    params = scratch / "params.yaml"
+    params.write_text(params.read_text().replace("    alpha: 0.5 ", "    alpha: 0.6 ", 1))
+    changed = stages_to_run(scratch)
+    assert changed == {"train@ours"} | {f"anomaly@{r}" for r in PIPELINE["anomaly_runs"]}
+
+    from dvc.repo import Repo
+
+    with Repo(str(scratch)) as repo:  # what reruns once train@ours has new outputs
+        graph = repo.index.graph
+        by_name = {stage.name: stage for stage in graph}
+        import networkx as nx
+
+        downstream = {s.name for s in nx.ancestors(graph, by_name["train@ours"])}
+    assert downstream == {"evaluate@ours", "figures@ours", "table1"}
+
+
+# --- one real stage: run, push, pull, no rerun --------------------------------------------------
+
+@pytest.mark.slow
+def test_prepare_stage_runs_round_trips_through_a_local_remote_and_is_not_rerun(scratch, tmp_path):
+    output = dvc("repro", "prepare@mnist5k", cwd=scratch)
+    assert "Running stage 'prepare@mnist5k'" in output
+    data = scratch / "data" / "prepared" / "mnist5k.pt"
+    digest = data.read_bytes()
+    assert "didn't change" in dvc("repro", "prepare@mnist5k", cwd=scratch)
+
+    dvc("remote", "add", "-d", "local", str(tmp_path / "dvc-storage"), cwd=scratch)
+    dvc("push", "prepare@mnist5k", cwd=scratch)
+    data.unlink()
+    shutil.rmtree(scratch / ".dvc" / "cache")
+    assert "not in cache" in dvc("status", "prepare@mnist5k", cwd=scratch)
+    dvc("pull", "prepare@mnist5k", cwd=scratch)
+    assert data.read_bytes() == digest
+    assert "up to date" in dvc("status", "prepare@mnist5k", cwd=scratch)
+    assert "didn't change" in dvc("repro", "prepare@mnist5k", cwd=scratch)
+
+
+# --- the history CSV behind the plots ------------------------------------------------------------
+
+def _stats(root: Path, t: int, stage: str, **values) -> Path:
+    path = root / f"it{t:04d}" / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"stage": stage, "iteration": t, "seconds": 0.5, **values}))
+    return path
+
+
+def test_history_has_one_row_per_iteration(tmp_path):
+    files = []
+    for t in (1, 2):
+        files.append(_stats(tmp_path, t, "infer", log_joint_start=-9.0 + t, log_joint_end=-5.0 + t, latent_norm=1.0))
+        files.append(_stats(tmp_path, t, "learn", loss_first_pass=3.0 / t, loss_last_pass=2.0 / t, grad_norm=0.1))
+    files.append(_stats(tmp_path, 2, "correct", cost=12.5, lower_bound=12.0, unmatched=0))
+    out = tmp_path / "history.csv"
+    assert cli.main(["history", "--run", "ours", "--stats", *map(str, reversed(files)), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == HEADER
+    assert [r["iteration"] for r in rows] == ["1", "2"] and [r["corrected"] for r in rows] == ["0", "1"]
+    assert rows[0]["ot_cost"] == "" and float(rows[1]["ot_cost"]) == 12.5
+    assert float(rows[1]["loss_last_pass"]) == 1.0 and float(rows[0]["log_joint_end"]) == -4.0
+
+
+def test_history_rejects_incomplete_or_duplicate_statistics(tmp_path):
+    infer = _stats(tmp_path, 1, "infer", log_joint_end=-1.0)
+    with pytest.raises(ValueError, match="iteration 1: no learn"):
+        history_rows([infer])
+    with pytest.raises(ValueError, match="second infer record"):
+        history_rows([infer, infer])
+    broken = tmp_path / "it0001" / "learn.json"
+    broken.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        write_history([infer, broken], tmp_path / "h.csv")
+    assert not (tmp_path / "h.csv").exists()
