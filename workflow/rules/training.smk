@@ -48,7 +48,7 @@ rule infer:
         f"{IT}/logs/infer.log",
     group:
         "{run}_it{t}"
-    threads: 4
+    threads: 1  # raise with --set-threads infer=N learn=N correct=N (README, "Performance")
     resources:
         gpu=GPU,
         mem_mb=8000,
@@ -71,7 +71,7 @@ rule correct:
         f"{IT}/logs/correct.log",
     group:
         "{run}_it{t}"
-    threads: 4
+    threads: 1  # raise with --set-threads infer=N learn=N correct=N (README, "Performance")
     resources:
         gpu=GPU,
         mem_mb=16000,
@@ -96,7 +96,7 @@ rule learn:
         f"{IT}/logs/learn.log",
     group:
         "{run}_it{t}"
-    threads: 4
+    threads: 1  # raise with --set-threads infer=N learn=N correct=N (README, "Performance")
     resources:
         gpu=GPU,
         mem_mb=8000,
