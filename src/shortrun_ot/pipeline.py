@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import data
-from .config import dataset_id, stage_rng
+from .config import stage_rng
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
 from .langevin import short_run_inference
 from .learning import learn, make_optimizer
@@ -22,11 +22,6 @@ from .models import build_generator, frozen_batchnorm_statistics
 from .ot import transport_correction
 
 ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist"}
-
-
-def prepared_path(prepared_root: str | Path, settings: dict) -> Path:
-    """Where the prepared dataset of a run lives."""
-    return Path(prepared_root) / f"{dataset_id(settings)}.pt"
 
 
 def load_training_images(path: str | Path, settings: dict) -> torch.Tensor:
