@@ -9,7 +9,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp: Path, **training) -> Path:
+def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
     """A few-iteration configuration on a few hundred embedded MNIST digits, written under ``tmp``."""
     config = {
         "results": str(tmp / "results"),
@@ -22,6 +22,8 @@ def tiny_config(tmp: Path, **training) -> Path:
         "evaluation": {"fid_samples": 20, "fid_real_images": 20, "test_langevin_steps": 3, "test_images": 40,
                        "batch_size": 20},
     }
+    if compute:
+        config["compute"] = compute
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

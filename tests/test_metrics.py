@@ -1,3 +1,5 @@
+import inspect
+
 import numpy as np
 import pytest
 import torch
@@ -116,3 +118,24 @@ def test_auprc_matches_sklearn():
 def test_auprc_rejects_bad_input(scores, labels):
     with pytest.raises(ValueError):
         auprc(scores, labels)
+
+
+def test_frechet_distance_runs_where_scipy_dropped_sqrtm_disp(monkeypatch):
+    """SciPy >= 1.18 has no sqrtm(disp=...); pytorch-fid 0.3.0 passes it. Same number either way."""
+    import scipy.linalg
+
+    from shortrun_ot import metrics
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 6)), rng.normal(loc=0.3, size=(200, 6)) @ rng.normal(size=(6, 6))
+    mu1, sigma1 = feature_statistics(a)
+    mu2, sigma2 = feature_statistics(b)
+    expected = frechet_distance(mu1, sigma1, mu2, sigma2)
+    original = scipy.linalg.sqrtm
+
+    def sqrtm_without_disp(matrix):  # the newer signature
+        return original(matrix) if "disp" not in inspect.signature(original).parameters else original(matrix, disp=True)
+
+    monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm_without_disp)
+    assert "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters
+    assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-10)

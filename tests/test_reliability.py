@@ -463,7 +463,7 @@ def run_outputs(root: Path, run: str = "ours") -> dict[str, object]:
         if path.is_file() and "logs" not in path.parts:
             if path.suffix == ".json" and path.name != "checkpoint.pt.json":
                 outputs[str(path.relative_to(base))] = {k: v for k, v in json.loads(path.read_text()).items()
-                                                        if k != "seconds"}
+                                                        if not k.endswith("seconds")}
             else:
                 outputs[str(path.relative_to(base))] = hashlib.sha256(path.read_bytes()).hexdigest()
     return outputs

@@ -49,3 +49,21 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
     assert (results / "runs" / "ours" / "it0003" / "inferred.pt").is_file()
     recomputed = torch.load(final, weights_only=True)["model"]
     assert all(torch.equal(reference[k], recomputed[k]) for k in reference)
+
+    # One job per block of 3 iterations (compute.iterations_per_job) writes the same files, bit for bit.
+    (tmp_path / "blocks").mkdir()
+    blocks = tiny_config(tmp_path / "blocks", compute={"iterations_per_job": 3, "cuda_graphs": True, "tf32": False})
+    blocks_results = tmp_path / "blocks" / "results"
+    out = snakemake("--configfile", "config/quick.yaml", str(blocks), "--",
+                    str(blocks_results / "runs" / "ours" / "it0004" / "checkpoint.pt"))
+    jobs = out.stdout + out.stderr
+    assert "train_ours_it0001_0003" in jobs and "train_ours_it0004_0004" in jobs and "rule infer" not in jobs
+    for t in range(0, 5):
+        produced = run_files(blocks_results, "ours", t)
+        assert [p.name for p in produced] == [p.name for p in run_files(results, "ours", t)]
+        for p in produced:
+            if p.suffix == ".pt" or p.name == "checkpoint.pt.json":
+                assert p.read_bytes() == (results / "runs" / "ours" / f"it{t:04d}" / p.name).read_bytes(), p
+    block_stats = json.loads((blocks_results / "runs" / "ours" / "it0001" / "infer.json").read_text())
+    assert block_stats["startup_seconds"] > 0 and block_stats["compute_seconds"] <= block_stats["seconds"]
+    assert "startup_seconds" not in json.loads((blocks_results / "runs" / "ours" / "it0002" / "infer.json").read_text())

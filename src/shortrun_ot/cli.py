@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConfigError, check_stage_settings, load_stage_settings, resolve_device, stage_settings
+from .config import ConfigError, check_stage_settings, load_stage_settings, resolve_device, set_tf32, stage_settings
 from .io import save_json
 
 
@@ -17,6 +17,8 @@ def _context(args) -> str:
     parts = [f"run '{args.run}'"] if getattr(args, "run", None) else []
     if getattr(args, "iteration", None) is not None:
         parts.append(f"iteration {args.iteration}")
+    if getattr(args, "first", None) is not None:
+        parts.append(f"iterations {args.first}..{args.last}")
     parts.append(f"stage {args.command}")
     return ", ".join(parts)
 
@@ -47,13 +49,26 @@ def cmd_infer(args):
     settings = load_stage_settings(args.config)
     try:
         report = infer(settings, args.iteration, args.data, args.checkpoint, args.latents, args.latents_out,
-                       args.stats_out, resolve_device(args.device), progress=True)
+                       args.stats_out, resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs)
     except DivergenceError as exc:
-        raise DivergenceError(
-            f"{exc}; lower 'langevin.step_size' (now {settings['langevin']['step_size']}) in params.yaml "
-            "or the run's overrides, then rerun"
-        ) from None
+        raise _divergence_advice(exc, settings) from None
     print(json.dumps(report))
+
+
+def _divergence_advice(exc, settings):
+    from .langevin import DivergenceError
+
+    return DivergenceError(
+        f"{exc}; lower 'langevin.step_size' (now {settings['langevin']['step_size']}) in params.yaml "
+        "or the run's overrides, then rerun"
+    )
+
+
+def _learning_advice(exc, settings):
+    return FloatingPointError(
+        f"{exc}; lower 'learning.lr' (now {settings['learning']['lr']}) or 'langevin.step_size' "
+        f"(now {settings['langevin']['step_size']}), or raise 'sigma' (now {settings['sigma']})"
+    )
 
 
 def cmd_correct(args):
@@ -72,11 +87,23 @@ def cmd_learn(args):
         report = learn_stage(settings, args.iteration, args.data, args.checkpoint, args.latents,
                              args.checkpoint_out, args.stats_out, resolve_device(args.device), progress=True)
     except FloatingPointError as exc:
-        raise FloatingPointError(
-            f"{exc}; lower 'learning.lr' (now {settings['learning']['lr']}) or 'langevin.step_size' "
-            f"(now {settings['langevin']['step_size']}), or raise 'sigma' (now {settings['sigma']})"
-        ) from None
+        raise _learning_advice(exc, settings) from None
     print(json.dumps(report))
+
+
+def cmd_train_block(args):
+    from .langevin import DivergenceError
+    from .pipeline import train_block
+
+    settings = load_stage_settings(args.config)
+    try:
+        reports = train_block(settings, args.run_dir, args.first, args.last, args.data, resolve_device(args.device),
+                              progress=True, cuda_graph=args.cuda_graphs)
+    except DivergenceError as exc:
+        raise _divergence_advice(exc, settings) from None
+    except FloatingPointError as exc:
+        raise _learning_advice(exc, settings) from None
+    print(json.dumps({"iterations": [args.first, args.last], "stages": len(reports)}))
 
 
 def cmd_grid(args):
@@ -207,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--stats-out", required=True)
         p.add_argument("--device", default="auto")
     sub.choices["infer"].add_argument("--latents-out", required=True)
+
+    p = stage("train-block", cmd_train_block, "iterations FIRST..LAST in one process (all their files)")
+    p.add_argument("--run-dir", required=True, help="results/runs/<run>: reads it<FIRST-1>, writes it<FIRST>..it<LAST>")
+    p.add_argument("--first", type=int, required=True)
+    p.add_argument("--last", type=int, required=True)
+    p.add_argument("--device", default="auto")
+    for name in ("infer", "train-block"):
+        sub.choices[name].add_argument("--cuda-graphs", action="store_true",
+                                       help="replay each batch's Langevin chain as a CUDA graph (CUDA only)")
     sub.choices["learn"].add_argument("--checkpoint-out", required=True)
 
     p = stage("correct", cmd_correct, "correction stage (OT, Alg. 2 and Eq. 10)", data=False)
@@ -270,11 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="experiment key (for messages)")
     p.add_argument("--stats", nargs="+", required=True, help="the run's infer/correct/learn JSON files")
     p.add_argument("--out", required=True)
+    for name in ("infer", "learn", "correct", "train-block"):
+        sub.choices[name].add_argument("--tf32", action="store_true",
+                                       help="TF32 matrix units for CUDA float32 matmuls and convolutions")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "tf32"):  # training stages: IEEE float32 unless asked (PyTorch lets cuDNN use TF32)
+        set_tf32(args.tf32)
     try:
         args.func(args)
     except (ConfigError, ValueError, RuntimeError, OSError, FloatingPointError) as exc:  # OSError: disk full, ...

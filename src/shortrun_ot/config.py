@@ -156,3 +156,9 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"config key 'device': {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 matrix units for CUDA float32 matmuls and convolutions; off (the default) keeps IEEE float32."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

@@ -46,27 +46,28 @@ def learn(
     """``passes`` (L2 of Table 6) shuffled minibatch passes of Adam over the pairs (z_i, I_i)."""
     generator.train()
     n = images.shape[0]
+    images, latents = images.to(device), latents.to(device)  # one copy; batches are gathered on the device
     pass_losses, grad_norms, updates = [], [], 0
     bar = tqdm(total=passes * n, desc="learning", unit="img", disable=not progress, unit_scale=True)
     for _ in range(passes):
-        order = torch.randperm(n, generator=rng)
-        total = 0.0
+        order = torch.randperm(n, generator=rng).to(device)
+        total = torch.zeros((), device=device)  # summed on the device: no wait for it per update
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
-            loss = reconstruction_loss(generator, latents[idx].to(device), images[idx].to(device), sigma)
+            loss = reconstruction_loss(generator, latents[idx], images[idx], sigma)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norms.append(torch.nn.utils.clip_grad_norm_(generator.parameters(), float("inf")).item())
+            grad_norms.append(torch.nn.utils.clip_grad_norm_(generator.parameters(), float("inf")))
             optimizer.step()
-            total += loss.item() * len(idx)
+            total += loss.detach() * len(idx)
             updates += 1
             bar.update(len(idx))
-        pass_losses.append(total / n)
+        pass_losses.append(total.item() / n)
     bar.close()
     return LearningStats(
         loss_first_pass=pass_losses[0],
         loss_last_pass=pass_losses[-1],
-        grad_norm=sum(grad_norms) / len(grad_norms),
+        grad_norm=torch.stack(grad_norms).mean().item(),
         passes=passes,
         updates=updates,
     )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import numpy as np
+import pytorch_fid.fid_score
+import scipy.linalg
 import torch
 from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.metrics import auc, precision_recall_curve
@@ -54,9 +59,26 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, in
         return data["mu"], data["sigma"], int(data["n"])
 
 
+def _sqrtm_with_disp(matrix: np.ndarray, disp: bool = True):
+    """``scipy.linalg.sqrtm`` as pytorch-fid 0.3.0 calls it (``disp=False`` returns a pair).
+
+    SciPy 1.18 removed ``disp``; pytorch-fid 0.3.0 still passes it (seen on the GPU machine).
+    """
+    root = scipy.linalg.sqrtm(matrix)
+    return root if disp else (root, None)
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians (pytorch-fid's ``calculate_frechet_distance``)."""
-    return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    """Fréchet distance between two Gaussians: pytorch-fid's ``calculate_frechet_distance``, run as is.
+
+    Where SciPy no longer accepts ``sqrtm(..., disp=False)``, its ``linalg`` is given a
+    ``sqrtm`` that does (:func:`_sqrtm_with_disp`) for the duration of the call.
+    """
+    if "disp" in inspect.signature(scipy.linalg.sqrtm).parameters:
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    linalg = SimpleNamespace(sqrtm=_sqrtm_with_disp)
+    with mock.patch.object(pytorch_fid.fid_score, "linalg", linalg):
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
 def reconstruction_mse(images: torch.Tensor, reconstructions: torch.Tensor) -> float:

@@ -4,6 +4,12 @@ Iteration t reads iteration t-1's checkpoint and latents and writes its own:
 ``inferred.pt`` (inference), ``corrected.pt`` (correction, only when t % L == 0),
 ``checkpoint.pt`` (learning), each with a JSON of what the stage measured.
 Iteration 0 holds the Xavier-initialised generator and the initial latents z ~ N(0, I).
+
+``infer``, ``correct`` and ``learn_stage`` run one stage per process; ``train_block`` runs
+iterations first..last in one process and writes the same files, bit for bit (README,
+"Performance"). Stage JSONs carry ``compute_seconds`` (the stage's arithmetic) beside
+``seconds`` (loading and saving included) and, for a process's first stage,
+``startup_seconds`` (process start to its first batch: imports, CUDA start-up, loading).
 """
 
 from __future__ import annotations
@@ -11,10 +17,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psutil
 import torch
 
 from . import data
 from .config import stage_rng
+from . import layout
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
 from .langevin import short_run_inference
 from .learning import learn, make_optimizer
@@ -22,6 +30,11 @@ from .models import build_generator, frozen_batchnorm_statistics
 from .ot import transport_correction
 
 ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist"}
+
+
+def process_age() -> float:
+    """Seconds since this process started (interpreter start-up and imports included)."""
+    return time.time() - psutil.Process().create_time()
 
 
 def load_training_images(path: str | Path, settings: dict) -> torch.Tensor:
@@ -129,69 +142,43 @@ def initialise(settings: dict, data_path: str | Path, checkpoint_out: str | Path
     return {"iteration": 0, "images": n, "parameters": sum(p.numel() for p in generator.parameters())}
 
 
-def infer(settings: dict, iteration: int, data_path, checkpoint, latents, latents_out, stats_out,
-          device: torch.device, progress: bool = False) -> dict:
-    """Inference stage: K-step short-run Langevin (Eq. 7), persistent or noise-initialised."""
-    start = time.perf_counter()
-    images = load_training_images(data_path, settings)
-    generator = load_checkpoint(checkpoint, settings, device)
+def _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, progress):
+    """K-step short-run Langevin (Eq. 7) for every image, persistent or noise-initialised: (z, report)."""
     langevin = settings["langevin"]
     if langevin["persistent"]:
-        z0 = load_latents(latents, len(images), settings["latent_dim"])
+        z0 = z_prev
     else:
         z0 = torch.randn((len(images), settings["latent_dim"]), generator=stage_rng(settings["seed"], iteration, "init"))
+    start = time.perf_counter()
     generator.train()
     with frozen_batchnorm_statistics(generator):
         z, stats = short_run_inference(
             generator, images, z0, steps=langevin["steps"], step_size=langevin["step_size"],
             sigma=settings["sigma"], batch_size=settings["batch_size"],
             rng=stage_rng(settings["seed"], iteration, "langevin"), device=device, progress=progress,
-            backoff=langevin.get("backoff", 0),
+            backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph,
         )
-    save_tensors({"latents": z}, latents_out)
     measured = {k: v for k, v in vars(stats).items() if v is not None}  # "backoff" only when it fired
-    report = {"stage": "infer", "iteration": iteration, **measured, "seconds": time.perf_counter() - start}
-    save_json(report, stats_out)
-    return report
+    return z, {"stage": "infer", "iteration": iteration, **measured, "compute_seconds": time.perf_counter() - start}
 
 
-def correct(settings: dict, iteration: int, latents, prior, previous, latents_out, stats_out,
-            device: torch.device, progress: bool = False) -> dict:
-    """Correction stage: OT assignment to the prior sample (Alg. 2), then Eq. (10).
-
-    ``previous`` is the last correction's output, whose dual vector h warm-starts this one.
-    """
-    start = time.perf_counter()
-    z = load_latents(latents, None, settings["latent_dim"])
-    targets = load_latents(prior, len(z), settings["latent_dim"])
-    init_h = None
-    if previous:
-        state = load_tensors(previous, "previous correction")
-        if not isinstance(state, dict) or not isinstance(state.get("h"), torch.Tensor) or len(state["h"]) != len(z):
-            raise ValueError(
-                f"previous correction {previous} holds no dual vector 'h' of length {len(z)}; delete it and rerun "
-                "the same Snakemake command"
-            )
-        init_h = state["h"]
+def _correct(settings, iteration, z, targets, init_h, device, progress):
+    """OT assignment to the prior sample (Alg. 2), then Eq. (10): (corrected, file state, report)."""
     ot = settings["correction"]
+    start = time.perf_counter()
     corrected, result = transport_correction(
         z, targets, ot["alpha"], eps=ot["eps"], max_iter=ot["max_iter"], repair=ot["repair"],
         init_h=init_h, device=device, seed=settings["seed"] + iteration, progress=progress,
     )
-    save_tensors({"latents": corrected, "h": result.h.cpu(), "target_index": result.target_index.cpu()}, latents_out)
+    state = {"latents": corrected, "h": result.h.cpu(), "target_index": result.target_index.cpu()}
     report = {"stage": "correct", "iteration": iteration, "alpha": ot["alpha"], **result.summary(),
-              "seconds": time.perf_counter() - start}
-    save_json(report, stats_out)
-    return report
+              "compute_seconds": time.perf_counter() - start}
+    return corrected, state, report
 
 
-def learn_stage(settings: dict, iteration: int, data_path, checkpoint, latents, checkpoint_out, stats_out,
-                device: torch.device, progress: bool = False) -> dict:
-    """Learning stage: L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13)."""
+def _learn(settings, iteration, images, generator, optimizer, z, device, progress):
+    """L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13), checked for finiteness: the report."""
     start = time.perf_counter()
-    images = load_training_images(data_path, settings)
-    generator, optimizer = load_checkpoint(checkpoint, settings, device, with_optimizer=True)
-    z = load_latents(latents, len(images), settings["latent_dim"])
     torch.manual_seed(stage_rng(settings["seed"], iteration, "torch").initial_seed())
     stats = learn(
         generator, optimizer, images, z, passes=settings["learning"]["passes"], batch_size=settings["batch_size"],
@@ -206,7 +193,115 @@ def learn_stage(settings: dict, iteration: int, data_path, checkpoint, latents, 
         )
     if not all(torch.isfinite(p).all() for p in generator.parameters()):
         raise FloatingPointError("generator parameters became non-finite")
-    save_checkpoint(checkpoint_out, generator, optimizer, settings, iteration)
-    report = {"stage": "learn", "iteration": iteration, **vars(stats), "seconds": time.perf_counter() - start}
-    save_json(report, stats_out)
+    return {"stage": "learn", "iteration": iteration, **vars(stats), "compute_seconds": time.perf_counter() - start}
+
+
+def _load_previous_h(previous, n: int) -> torch.Tensor | None:
+    """The dual vector h of the previous correction (warm start of Alg. 2), checked."""
+    if not previous:
+        return None
+    state = load_tensors(previous, "previous correction")
+    if not isinstance(state, dict) or not isinstance(state.get("h"), torch.Tensor) or len(state["h"]) != n:
+        raise ValueError(
+            f"previous correction {previous} holds no dual vector 'h' of length {n}; delete it and rerun "
+            "the same Snakemake command"
+        )
+    return state["h"]
+
+
+def _finish(report: dict, started: float, startup: float | None) -> dict:
+    report["seconds"] = time.perf_counter() - started
+    if startup is not None:
+        report["startup_seconds"] = startup
     return report
+
+
+def infer(settings: dict, iteration: int, data_path, checkpoint, latents, latents_out, stats_out,
+          device: torch.device, progress: bool = False, cuda_graph: bool = False) -> dict:
+    """Inference stage: K-step short-run Langevin (Eq. 7), persistent or noise-initialised."""
+    started = time.perf_counter()
+    images = load_training_images(data_path, settings)
+    generator = load_checkpoint(checkpoint, settings, device)
+    z_prev = load_latents(latents, len(images), settings["latent_dim"]) if settings["langevin"]["persistent"] else None
+    startup = process_age()
+    z, report = _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, progress)
+    save_tensors({"latents": z}, latents_out)
+    save_json(_finish(report, started, startup), stats_out)
+    return report
+
+
+def correct(settings: dict, iteration: int, latents, prior, previous, latents_out, stats_out,
+            device: torch.device, progress: bool = False) -> dict:
+    """Correction stage: OT assignment to the prior sample (Alg. 2), then Eq. (10).
+
+    ``previous`` is the last correction's output, whose dual vector h warm-starts this one.
+    """
+    started = time.perf_counter()
+    z = load_latents(latents, None, settings["latent_dim"])
+    targets = load_latents(prior, len(z), settings["latent_dim"])
+    init_h = _load_previous_h(previous, len(z))
+    startup = process_age()
+    _, state, report = _correct(settings, iteration, z, targets, init_h, device, progress)
+    save_tensors(state, latents_out)
+    save_json(_finish(report, started, startup), stats_out)
+    return report
+
+
+def learn_stage(settings: dict, iteration: int, data_path, checkpoint, latents, checkpoint_out, stats_out,
+                device: torch.device, progress: bool = False) -> dict:
+    """Learning stage: L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13)."""
+    started = time.perf_counter()
+    images = load_training_images(data_path, settings)
+    generator, optimizer = load_checkpoint(checkpoint, settings, device, with_optimizer=True)
+    z = load_latents(latents, len(images), settings["latent_dim"])
+    startup = process_age()
+    report = _learn(settings, iteration, images, generator, optimizer, z, device, progress)
+    save_checkpoint(checkpoint_out, generator, optimizer, settings, iteration)
+    save_json(_finish(report, started, startup), stats_out)
+    return report
+
+
+def train_block(settings: dict, run_dir, first: int, last: int, data_path, device: torch.device,
+                progress: bool = False, cuda_graph: bool = False) -> list[dict]:
+    """Iterations first..last in one process, writing every iteration's files as the stages do.
+
+    The generator, its Adam state, the images and the latents stay in memory between
+    iterations; each file is written as soon as its stage ends, so an interrupted block keeps
+    its finished iterations on disk. The files equal those of one process per stage, bit for bit.
+    """
+    if not 1 <= first <= last:
+        raise ValueError(f"a block needs 1 <= first <= last, got {first}..{last}")
+    started = time.perf_counter()
+    images = load_training_images(data_path, settings).to(device)
+    generator, optimizer = load_checkpoint(layout.checkpoint_of(run_dir, first - 1), settings, device,
+                                           with_optimizer=True)
+    z = load_latents(layout.latents_after(run_dir, settings, first - 1), len(images), settings["latent_dim"])
+    targets = h = None
+    startup = process_age()
+    reports = []
+    for t in range(first, last + 1):
+        stage_start = time.perf_counter()
+        z, report = _infer(settings, t, images, generator, z, device, cuda_graph, progress)
+        outputs = layout.stage_outputs(run_dir, "infer", t)
+        save_tensors({"latents": z}, outputs["latents"])
+        reports.append(_finish(report, stage_start, startup if t == first else None))
+        save_json(report, outputs["stats"])
+        if "correct" in layout.stages_of(settings, t):
+            stage_start = time.perf_counter()
+            if targets is None:
+                targets = load_latents(layout.prior_of(run_dir), len(z), settings["latent_dim"])
+                h = _load_previous_h(layout.previous_correction(run_dir, settings, t), len(z))
+            z, state, report = _correct(settings, t, z, targets, h, device, progress)
+            h = state["h"]
+            outputs = layout.stage_outputs(run_dir, "correct", t)
+            save_tensors(state, outputs["latents"])
+            reports.append(_finish(report, stage_start, None))
+            save_json(report, outputs["stats"])
+        stage_start = time.perf_counter()
+        report = _learn(settings, t, images, generator, optimizer, z, device, progress)
+        outputs = layout.stage_outputs(run_dir, "learn", t)
+        save_checkpoint(outputs["checkpoint"], generator, optimizer, settings, t)
+        reports.append(_finish(report, stage_start, None))
+        save_json(report, outputs["stats"])
+    print(f"block {first}..{last}: {time.perf_counter() - started:.1f} s", flush=True)
+    return reports

@@ -12,6 +12,7 @@ from shortrun_ot.config import (
     stage_settings,
     validate_config,
 )
+from shortrun_ot import layout
 
 min_version("9.0")
 
@@ -30,6 +31,11 @@ EVAL = config["evaluation"]
 ANOMALY = config["anomaly"]
 CLI = f"{shlex.quote(sys.executable)} -m shortrun_ot"
 DEVICE = config["device"]
+COMPUTE = config["compute"]
+BLOCK = COMPUTE["iterations_per_job"]
+# Flags of the torch stages that change how, not what, they compute.
+GRAPHS = "--cuda-graphs" if COMPUTE["cuda_graphs"] else ""
+TF32 = "--tf32" if COMPUTE["tf32"] else ""
 SETTINGS = all_run_settings(config)  # the keys of `runs` and the anomaly runs
 
 # Cluster resources are declared in each rule's `resources`; profiles only pick the executor.
@@ -44,26 +50,21 @@ wildcard_constraints:
     t=r"\d\d\d\d+",
 
 
-def it(t):
-    """Iteration directory name: it0000, it0001, ..."""
-    return f"{int(t):04d}"
-
-
 def prepared_data(wildcards):
     return f"{PREPARED}/{dataset_id(SETTINGS[wildcards.run])}.pt"
 
 
+def run_dir(run):
+    return f"{RESULTS}/runs/{run}"
+
+
 def latents_after(run, t):
     """The latents iteration t hands on: corrected on correction iterations, else inferred."""
-    t = int(t)
-    if t == 0:
-        return f"{RESULTS}/runs/{run}/it0000/latents.pt"
-    name = "corrected" if is_correction_iteration(SETTINGS[run], t) else "inferred"
-    return f"{RESULTS}/runs/{run}/it{it(t)}/{name}.pt"
+    return str(layout.latents_after(run_dir(run), SETTINGS[run], t))
 
 
 def checkpoint_of(run, t):
-    return f"{RESULTS}/runs/{run}/it{it(t)}/checkpoint.pt"
+    return str(layout.checkpoint_of(run_dir(run), t))
 
 
 def final_iteration(run):
@@ -91,24 +92,50 @@ def infer_inputs(w):
 
 
 def correct_inputs(w):
-    t, every = int(w.t), SETTINGS[w.run]["correction"]["every"]
+    t = int(w.t)
     inputs = {
-        "config": f"{RESULTS}/runs/{w.run}/config.json",
-        "latents": f"{RESULTS}/runs/{w.run}/it{it(t)}/inferred.pt",
-        "prior": f"{RESULTS}/runs/{w.run}/prior.pt",
+        "config": f"{run_dir(w.run)}/config.json",
+        "latents": str(layout.stage_outputs(run_dir(w.run), "infer", t)["latents"]),
+        "prior": str(layout.prior_of(run_dir(w.run))),
     }
-    if t - every > 0:  # warm start from the previous correction's dual vector h
-        inputs["previous"] = f"{RESULTS}/runs/{w.run}/it{it(t - every)}/corrected.pt"
+    previous = layout.previous_correction(run_dir(w.run), SETTINGS[w.run], t)
+    if previous is not None:  # warm start from the previous correction's dual vector h
+        inputs["previous"] = str(previous)
     return inputs
 
 
 def history_inputs(w):
     """Every stage JSON of the run's iterations 1..T (correct.json on correction iterations only)."""
-    stats = []
-    for t in range(1, final_iteration(w.run) + 1):
-        stages = ["infer", "correct", "learn"] if is_correction_iteration(SETTINGS[w.run], t) else ["infer", "learn"]
-        stats += [f"{RESULTS}/runs/{w.run}/it{it(t)}/{stage}.json" for stage in stages]
-    return stats
+    return [str(layout.stage_outputs(run_dir(w.run), stage, t)["stats"])
+            for t in range(1, final_iteration(w.run) + 1) for stage in layout.stages_of(SETTINGS[w.run], t)]
+
+
+def blocks(run):
+    """(first, last) of each job of ``run`` when a job runs BLOCK iterations: 1..B, B+1..2B, ..."""
+    T = final_iteration(run)
+    return [(first, min(first + BLOCK - 1, T)) for first in range(1, T + 1, BLOCK)]
+
+
+def block_inputs(run, first, last):
+    """What a block needs: iteration first-1's checkpoint and latents, the prior and the last h if it corrects."""
+    settings = SETTINGS[run]
+    inputs = {
+        "config": f"{run_dir(run)}/config.json",
+        "data": f"{PREPARED}/{dataset_id(settings)}.pt",
+        "checkpoint": checkpoint_of(run, first - 1),
+        "latents": latents_after(run, first - 1),
+    }
+    corrections = [t for t in range(first, last + 1) if "correct" in layout.stages_of(settings, t)]
+    if corrections:
+        inputs["prior"] = str(layout.prior_of(run_dir(run)))
+        previous = layout.previous_correction(run_dir(run), settings, corrections[0])
+        if previous is not None:  # always before `first`: corrections are L iterations apart
+            inputs["previous"] = str(previous)
+    return inputs
+
+
+def block_outputs(run, first, last):
+    return [str(path) for t in range(first, last + 1) for path in layout.iteration_outputs(run_dir(run), SETTINGS[run], t)]
 
 
 def fid_reference_of(w):
