@@ -36,6 +36,8 @@ from scipy.optimize import linear_sum_assignment
 from shortrun_ot.io import save_json
 from shortrun_ot.ot import assign
 
+from text_table import print_table  # benchmarks/ (the script's folder is on sys.path)
+
 SINKHORN_REG = 0.05
 DEFAULT_SIZES = {"cpu": [1000, 2000, 5000, 10000], "cuda": [1000, 10000, 60000, 73257]}
 COLUMNS = [  # header, row key, width, format
@@ -74,7 +76,7 @@ def main() -> None:
         target = torch.randn(n, args.dim, generator=generator)
         rows += _benchmark_size(source, target, device, args)
         print(f"n = {n} done", file=sys.stderr, flush=True)
-    _print_table(rows)
+    print_table(rows, COLUMNS)
 
     if args.json:
         save_json({"machine": _machine(device), "arguments": vars(args), "rows": rows}, args.json)
@@ -171,13 +173,6 @@ def _machine(device: torch.device) -> dict:
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
     }
-
-
-def _print_table(rows: list[dict]) -> None:
-    print(" ".join(f"{header:>{width}}" for header, _, width, _ in COLUMNS))
-    for row in rows:
-        cells = ("-" if row.get(key) is None else f"{row[key]:{spec}}" for _, key, _, spec in COLUMNS)
-        print(" ".join(cell.rjust(width) for cell, (_, _, width, _) in zip(cells, COLUMNS)))
 
 
 if __name__ == "__main__":

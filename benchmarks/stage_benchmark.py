@@ -38,11 +38,13 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from shortrun_ot.config import set_tf32, stage_rng
+from shortrun_ot.config import set_tf32
 from shortrun_ot.io import save_json
 from shortrun_ot.langevin import log_joint
 from shortrun_ot.learning import reconstruction_loss
 from shortrun_ot.pipeline import _correct, _infer, _learn, load_checkpoint, load_latents, load_training_images
+
+from text_table import print_table  # benchmarks/ (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 INFER_VARIANTS = ("eager", "graph", "tf32", "graph+tf32", "compile")
@@ -70,6 +72,7 @@ def settings_for(args) -> dict:
     settings.pop("iterations")
     settings.update(dataset="mnist", train_images=args.n, batch_size=args.batch_size)
     settings["langevin"]["steps"] = args.steps
+    settings["learning"]["passes"] = args.passes
     return settings
 
 
@@ -163,7 +166,6 @@ def main() -> None:
     if args.n is None:
         args.n = len(load_training_images(args.data, {"train_images": None}))
     settings = settings_for(args)
-    settings["learning"]["passes"] = args.passes
     rows, workdir = [], Path(tempfile.mkdtemp(prefix="stage-benchmark-"))
     config = workdir / "config.json"
     save_json(settings, config)
@@ -220,7 +222,7 @@ def main() -> None:
                      "tflops": work / seconds / 1e12, "peak_fraction": work / seconds / peak[tf32],
                      "loss_last_pass": report["loss_last_pass"]})
     prior = load_latents(run / "prior.pt", args.n, settings["latent_dim"])
-    (_, _, report), seconds = timed(lambda: _correct(settings, 1, reference.cpu(), prior, None, device, False), device)
+    (_, report), seconds = timed(lambda: _correct(settings, 1, reference.cpu(), prior, None, device, False), device)
     report_row(rows, {**base, "stage": "correct", "variant": "default", "steps": None, "seconds": seconds,
                  "images_per_second": args.n / seconds, "cost": report["cost"], "gap": report["gap"]})
 
@@ -248,7 +250,7 @@ def main() -> None:
                          "startup_seconds": report["startup_seconds"],
                          "overhead_share": 1 - report["compute_seconds"] / wall})
 
-    print_table(rows)
+    print_table(rows, COLUMNS)
     if args.json:
         machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                    "cpu_count": os.cpu_count(), "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
@@ -256,16 +258,6 @@ def main() -> None:
         save_json({"machine": machine, "flops_per_image": flops, "matmul_flops_per_second":
                    {("tf32" if k else "ieee_float32"): v for k, v in peak.items()}, "batch_size": args.batch_size,
                    "rows": rows}, args.json)
-
-
-def print_table(rows: list[dict]) -> None:
-    print("  ".join(f"{header:>{width}}" for header, _, width, _ in COLUMNS))
-    for row in rows:
-        cells = []
-        for _, key, width, fmt in COLUMNS:
-            value = row.get(key)
-            cells.append(f"{'-' if value is None else format(value, fmt):>{width}}")
-        print("  ".join(cells))
 
 
 if __name__ == "__main__":

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import torch
 import yaml
+
+from .io import load_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -111,13 +112,10 @@ def stage_settings(settings: dict) -> dict:
 
 def load_stage_settings(path: str | Path) -> dict:
     """Read and validate a run's ``config.json`` (written by the workflow's ``run_config`` rule)."""
-    path = Path(path)
     try:
-        settings = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"run configuration {path} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"run configuration {path} is not valid JSON ({exc})") from None
+        settings = load_json(path, "run configuration")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
     check_stage_settings(settings, str(path))
     return settings
 

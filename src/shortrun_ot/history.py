@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from pathlib import Path
 from typing import Iterable
 
-from .io import save_text
+from .io import load_json, save_text
 
 # column -> (stage, key in that stage's JSON)
 COLUMNS: dict[str, tuple[str, str]] = {
@@ -36,12 +35,7 @@ STAGES = ("infer", "correct", "learn")
 
 
 def _load(path: Path) -> dict:
-    try:
-        stats = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"stage statistics {path} do not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"stage statistics {path} are not valid JSON ({exc}); delete the file and rerun") from None
+    stats = load_json(path, "stage statistics file")
     if not isinstance(stats, dict):
         raise ValueError(f"stage statistics {path} are not a JSON object")
     return stats

@@ -119,6 +119,17 @@ def load_tensors(path: str | os.PathLike, what: str = "file") -> Any:
         raise ValueError(f"{what} {path} is corrupt or truncated ({exc}); delete it and rerun the workflow") from exc
 
 
+def load_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """``json.loads`` of a file with a clear error for a missing or malformed file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{what} {path} is not valid JSON ({exc}); delete it and rerun the workflow") from None
+
+
 def save_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write JSON atomically (sorted keys, trailing newline)."""
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"

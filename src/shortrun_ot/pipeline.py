@@ -20,9 +20,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from . import data
+from . import data, layout
 from .config import stage_rng
-from . import layout
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
 from .langevin import short_run_inference
 from .learning import learn, make_optimizer
@@ -163,7 +162,10 @@ def _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, p
 
 
 def _correct(settings, iteration, z, targets, init_h, device, progress):
-    """OT assignment to the prior sample (Alg. 2), then Eq. (10): (corrected, file state, report)."""
+    """OT assignment to the prior sample (Alg. 2), then Eq. (10): (file state, report).
+
+    The state holds the corrected latents under ``latents``, the dual vector ``h`` and ``target_index``.
+    """
     ot = settings["correction"]
     start = time.perf_counter()
     corrected, result = transport_correction(
@@ -173,7 +175,7 @@ def _correct(settings, iteration, z, targets, init_h, device, progress):
     state = {"latents": corrected, "h": result.h.cpu(), "target_index": result.target_index.cpu()}
     report = {"stage": "correct", "iteration": iteration, "alpha": ot["alpha"], **result.summary(),
               "compute_seconds": time.perf_counter() - start}
-    return corrected, state, report
+    return state, report
 
 
 def _learn(settings, iteration, images, generator, optimizer, z, device, progress):
@@ -241,7 +243,7 @@ def correct(settings: dict, iteration: int, latents, prior, previous, latents_ou
     targets = load_latents(prior, len(z), settings["latent_dim"])
     init_h = _load_previous_h(previous, len(z))
     startup = process_age()
-    _, state, report = _correct(settings, iteration, z, targets, init_h, device, progress)
+    state, report = _correct(settings, iteration, z, targets, init_h, device, progress)
     save_tensors(state, latents_out)
     save_json(_finish(report, started, startup), stats_out)
     return report
@@ -291,8 +293,8 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
             if targets is None:
                 targets = load_latents(layout.prior_of(run_dir), len(z), settings["latent_dim"])
                 h = _load_previous_h(layout.previous_correction(run_dir, settings, t), len(z))
-            z, state, report = _correct(settings, t, z, targets, h, device, progress)
-            h = state["h"]
+            state, report = _correct(settings, t, z, targets, h, device, progress)
+            z, h = state["latents"], state["h"]
             outputs = layout.stage_outputs(run_dir, "correct", t)
             save_tensors(state, outputs["latents"])
             reports.append(_finish(report, stage_start, None))

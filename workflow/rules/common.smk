@@ -50,8 +50,12 @@ wildcard_constraints:
     t=r"\d\d\d\d+",
 
 
+def prepared_data_of(run):
+    return f"{PREPARED}/{dataset_id(SETTINGS[run])}.pt"
+
+
 def prepared_data(wildcards):
-    return f"{PREPARED}/{dataset_id(SETTINGS[wildcards.run])}.pt"
+    return prepared_data_of(wildcards.run)
 
 
 def run_dir(run):
@@ -82,7 +86,7 @@ def final_targets():
 
 def infer_inputs(w):
     inputs = {
-        "config": f"{RESULTS}/runs/{w.run}/config.json",
+        "config": f"{run_dir(w.run)}/config.json",
         "data": prepared_data(w),
         "checkpoint": checkpoint_of(w.run, int(w.t) - 1),
     }
@@ -121,7 +125,7 @@ def block_inputs(run, first, last):
     settings = SETTINGS[run]
     inputs = {
         "config": f"{run_dir(run)}/config.json",
-        "data": f"{PREPARED}/{dataset_id(settings)}.pt",
+        "data": prepared_data_of(run),
         "checkpoint": checkpoint_of(run, first - 1),
         "latents": latents_after(run, first - 1),
     }
