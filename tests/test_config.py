@@ -15,7 +15,13 @@ import pytest
 import yaml
 
 from shortrun_ot import cli
-from shortrun_ot.config import ConfigError, deep_merge, stage_settings, validate_config
+from shortrun_ot.config import (
+    ConfigError,
+    coerce_command_line_values,
+    deep_merge,
+    stage_settings,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -83,7 +89,7 @@ def test_stage_entry_point_rejects_bad_run_settings(tmp_path, capsys):
     assert code == 1 and not out.exists()
     assert "runs.ours.correction.alpha" in capsys.readouterr().err
 
-    settings = stage_settings(PARAMS["training"])
+    settings = stage_settings(copy.deepcopy(PARAMS["training"]))
     settings["langevin"]["stepsize"] = 0.1
     (tmp_path / "bad.json").write_text(json.dumps(settings))
     code = cli.main(["learn", "--run", "ours", "--iteration", "1", "--config", str(tmp_path / "bad.json"),
@@ -115,3 +121,48 @@ def test_snakemake_rejects_bad_configuration_before_any_job(tmp_path, case):
     assert key in output, output
     assert "Job stats" not in output and "rule prepare_data" not in output
     assert not (tmp_path / "results").exists()
+
+
+# Snakemake's --config reads nested values with YAML's BaseLoader: every nested scalar is a string.
+def test_command_line_strings_become_the_schema_types():
+    given = deep_merge(PARAMS, {
+        "compute": {"iterations_per_job": "10", "tf32": "true"},
+        "results": "2021", "training": {"correction": {"alpha": "0", "max_iter": "null", "eps": "1e-3"}},
+        "runs": {"abp": {"correction": {"alpha": "0.0"}}, "new": {"langevin": {"persistent": "false"}}},
+        "evaluation": {"test_images": "null", "runs": ["ours"]},
+        "anomaly": {"digits": ["1", "4"], "training": {"iterations": "10"}},
+    })
+    config = coerce_command_line_values(given)
+    assert config["compute"] == {**PARAMS["compute"], "iterations_per_job": 10, "tf32": True}
+    assert config["results"] == "2021", "a string field stays a string"
+    correction = config["training"]["correction"]
+    assert (correction["alpha"], correction["max_iter"], correction["eps"]) == (0, None, 1e-3)
+    assert type(correction["alpha"]) is int and type(correction["eps"]) is float
+    assert config["runs"]["abp"]["correction"]["alpha"] == 0.0
+    assert config["runs"]["new"]["langevin"]["persistent"] is False
+    assert config["evaluation"]["test_images"] is None
+    assert config["anomaly"]["digits"] == [1, 4] and config["anomaly"]["training"]["iterations"] == 10
+    validate_config(config)
+    assert given["compute"]["iterations_per_job"] == "10", "the input is not modified"
+
+
+@pytest.mark.parametrize("value", ["ten", "1.5", "true", "[1]"])
+def test_command_line_strings_of_the_wrong_type_are_still_rejected(value):
+    config = coerce_command_line_values(deep_merge(PARAMS, {"training": {"iterations": value}}))
+    with pytest.raises(ConfigError, match="config key 'training.iterations'"):
+        validate_config(config)
+
+
+def test_snakemake_accepts_nested_command_line_values(tmp_path):
+    overlay = tmp_path / "results.yaml"
+    overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "results")}))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--configfile", str(overlay), "--config",
+         "compute={iterations_per_job: 25, tf32: false}", "training={correction: {every: 5}}",
+         "--list-rules"],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    rules = set(result.stdout.split())
+    assert {"train_ours_it0001_0025", "train_ours_it0476_0500", "train_abp_it0026_0050"} <= rules, output

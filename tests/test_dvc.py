@@ -217,6 +217,26 @@ def test_prepare_stage_runs_round_trips_through_a_local_remote_and_is_not_rerun(
     assert "didn't change" in dvc("repro", "prepare@mnist5k", cwd=scratch)
 
 
+@pytest.mark.slow
+def test_train_stage_runs_block_jobs(scratch):
+    """With compute.iterations_per_job > 1 the stage allows the generated block rules."""
+    quick = scratch / CONFIG_FILE
+    config = yaml.safe_load(quick.read_text())
+    config["compute"] = {"iterations_per_job": 2}
+    config["training"].update(train_images=200, batch_size=100, iterations=3,
+                              langevin={"steps": 2}, correction={"every": 2})
+    quick.write_text(yaml.safe_dump(config))
+
+    output = dvc("repro", "train@ours", cwd=scratch)
+    assert "Running stage 'train@ours'" in output
+    run_dir = scratch / PIPELINE["results"] / "runs" / "ours"
+    logs = sorted(p.name for p in (run_dir / "logs").iterdir() if p.name.startswith("it") and p.suffix == ".log")
+    assert logs == ["it0001-0002.log", "it0003-0003.log"], logs
+    with open(run_dir / "history.csv") as f:
+        assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+    assert "didn't change" in dvc("repro", "train@ours", cwd=scratch)
+
+
 # --- the history CSV behind the plots ------------------------------------------------------------
 
 def _stats(root: Path, t: int, stage: str, **values) -> Path:

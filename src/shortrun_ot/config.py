@@ -56,6 +56,70 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def _resolve(schema: dict, root: dict) -> dict:
+    """``schema`` with a local ``$ref`` ("#/$defs/...") replaced by its target, siblings kept."""
+    while "$ref" in schema:
+        target = root
+        for part in schema["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        schema = {**target, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _coerce(value: Any, schema: dict, root: dict) -> Any:
+    schema = _resolve(schema, root)
+    if isinstance(value, dict):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {
+            key: _coerce(item, properties.get(key, extra if isinstance(extra, dict) else {}), root)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_coerce(item, schema.get("items", {}), root) for item in value]
+    types = schema.get("type", [])
+    types = [types] if isinstance(types, str) else types
+    if isinstance(value, str) and "string" not in types:
+        parsed = _parse_scalar(value)
+        if _has_type(parsed, types):
+            return parsed
+    return value
+
+
+def _parse_scalar(text: str) -> Any:
+    """'4' -> 4, '1e-3' -> 0.001 (which YAML 1.1 leaves a string), 'true' -> True, 'null' -> None."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _has_type(value: Any, types: list[str]) -> bool:
+    if isinstance(value, bool):
+        return "boolean" in types
+    if isinstance(value, int):
+        return "integer" in types or "number" in types
+    if isinstance(value, float):
+        return "number" in types
+    return value is None and "null" in types
+
+
+def coerce_command_line_values(config: dict) -> dict:
+    """``config`` with schema-typed scalars given as strings turned into their types.
+
+    Snakemake's ``--config key='{a: 4}'`` parses nested values with YAML's BaseLoader, so every
+    nested scalar arrives as a string ('4', 'true', 'null'); where the schema asks for a number,
+    boolean or null, the string is read as YAML. Strings that do not parse to an allowed type are
+    left for validation to reject.
+    """
+    schema = load_schema()
+    return _coerce(config, schema, schema)
+
+
 def validate_config(config: dict) -> None:
     """Check the whole workflow configuration; raise ConfigError naming the first bad key."""
     schema = load_schema()

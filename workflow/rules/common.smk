@@ -7,6 +7,7 @@ from snakemake.utils import min_version, validate
 from shortrun_ot.config import (
     all_run_settings,
     anomaly_run,
+    coerce_command_line_values,
     dataset_id,
     is_correction_iteration,
     stage_settings,
@@ -19,6 +20,8 @@ min_version("9.0")
 # One run is a dependency chain of 3 jobs per iteration; Snakemake walks it recursively.
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
 
+# --config a='{b: 4}' hands nested values over as strings; read them as the schema's types.
+config.update(coerce_command_line_values(config))
 validate(config, "../schemas/config.schema.yaml")
 validate_config(config)  # runs merged with the defaults, cross-references
 
