@@ -23,8 +23,6 @@ every method. Examples::
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 import warnings
@@ -36,7 +34,7 @@ from scipy.optimize import linear_sum_assignment
 from shortrun_ot.io import save_json
 from shortrun_ot.ot import assign
 
-from text_table import print_table  # benchmarks/ (the script's folder is on sys.path)
+from reporting import machine_description, print_table  # benchmarks/ (the script's folder is on sys.path)
 
 SINKHORN_REG = 0.05
 DEFAULT_SIZES = {"cpu": [1000, 2000, 5000, 10000], "cuda": [1000, 10000, 60000, 73257]}
@@ -79,7 +77,7 @@ def main() -> None:
     print_table(rows, COLUMNS)
 
     if args.json:
-        save_json({"machine": _machine(device), "arguments": vars(args), "rows": rows}, args.json)
+        save_json({"machine": machine_description(device), "arguments": vars(args), "rows": rows}, args.json)
         print(f"wrote {args.json}")
 
 
@@ -162,17 +160,6 @@ def _warm_up(dim: int, device: torch.device) -> None:
     """Pay one-off start-up costs (CUDA context, kernels) outside the timings."""
     points = torch.randn(200, dim, device=device)
     assign(points, points.flip(0))
-
-
-def _machine(device: torch.device) -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }
 
 
 if __name__ == "__main__":

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -44,7 +42,7 @@ from shortrun_ot.langevin import log_joint
 from shortrun_ot.learning import reconstruction_loss
 from shortrun_ot.pipeline import _correct, _infer, _learn, load_checkpoint, load_latents, load_training_images
 
-from text_table import print_table  # benchmarks/ (the script's folder is on sys.path)
+from reporting import machine_description, print_table  # benchmarks/ (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
 INFER_VARIANTS = ("eager", "graph", "tf32", "graph+tf32", "compile")
@@ -252,10 +250,7 @@ def main() -> None:
 
     print_table(rows, COLUMNS)
     if args.json:
-        machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-                   "cpu_count": os.cpu_count(), "device": torch.cuda.get_device_name(device) if on_cuda else "cpu",
-                   "date": time.strftime("%Y-%m-%d")}
-        save_json({"machine": machine, "flops_per_image": flops, "matmul_flops_per_second":
+        save_json({"machine": machine_description(device), "flops_per_image": flops, "matmul_flops_per_second":
                    {("tf32" if k else "ieee_float32"): v for k, v in peak.items()}, "batch_size": args.batch_size,
                    "rows": rows}, args.json)
 

@@ -211,10 +211,12 @@ def _load_previous_h(previous, n: int) -> torch.Tensor | None:
     return state["h"]
 
 
-def _finish(report: dict, started: float, startup: float | None) -> dict:
+def _save_report(report: dict, started: float, startup: float | None, stats_out) -> dict:
+    """Add the stage's wall ``seconds`` (and the process's ``startup_seconds``), then write its JSON."""
     report["seconds"] = time.perf_counter() - started
     if startup is not None:
         report["startup_seconds"] = startup
+    save_json(report, stats_out)
     return report
 
 
@@ -228,7 +230,7 @@ def infer(settings: dict, iteration: int, data_path, checkpoint, latents, latent
     startup = process_age()
     z, report = _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, progress)
     save_tensors({"latents": z}, latents_out)
-    save_json(_finish(report, started, startup), stats_out)
+    _save_report(report, started, startup, stats_out)
     return report
 
 
@@ -245,7 +247,7 @@ def correct(settings: dict, iteration: int, latents, prior, previous, latents_ou
     startup = process_age()
     state, report = _correct(settings, iteration, z, targets, init_h, device, progress)
     save_tensors(state, latents_out)
-    save_json(_finish(report, started, startup), stats_out)
+    _save_report(report, started, startup, stats_out)
     return report
 
 
@@ -259,7 +261,7 @@ def learn_stage(settings: dict, iteration: int, data_path, checkpoint, latents, 
     startup = process_age()
     report = _learn(settings, iteration, images, generator, optimizer, z, device, progress)
     save_checkpoint(checkpoint_out, generator, optimizer, settings, iteration)
-    save_json(_finish(report, started, startup), stats_out)
+    _save_report(report, started, startup, stats_out)
     return report
 
 
@@ -286,8 +288,7 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
         z, report = _infer(settings, t, images, generator, z, device, cuda_graph, progress)
         outputs = layout.stage_outputs(run_dir, "infer", t)
         save_tensors({"latents": z}, outputs["latents"])
-        reports.append(_finish(report, stage_start, startup if t == first else None))
-        save_json(report, outputs["stats"])
+        reports.append(_save_report(report, stage_start, startup if t == first else None, outputs["stats"]))
         if "correct" in layout.stages_of(settings, t):
             stage_start = time.perf_counter()
             if targets is None:
@@ -297,13 +298,11 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
             z, h = state["latents"], state["h"]
             outputs = layout.stage_outputs(run_dir, "correct", t)
             save_tensors(state, outputs["latents"])
-            reports.append(_finish(report, stage_start, None))
-            save_json(report, outputs["stats"])
+            reports.append(_save_report(report, stage_start, None, outputs["stats"]))
         stage_start = time.perf_counter()
         report = _learn(settings, t, images, generator, optimizer, z, device, progress)
         outputs = layout.stage_outputs(run_dir, "learn", t)
         save_checkpoint(outputs["checkpoint"], generator, optimizer, settings, t)
-        reports.append(_finish(report, stage_start, None))
-        save_json(report, outputs["stats"])
+        reports.append(_save_report(report, stage_start, None, outputs["stats"]))
     print(f"block {first}..{last}: {time.perf_counter() - started:.1f} s", flush=True)
     return reports
