@@ -15,12 +15,10 @@ def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
         "results": str(tmp / "results"),
         "data": {"raw_root": str(tmp / "raw"), "prepared": str(tmp / "prepared")},
         "device": "cpu",
-        "training": {
-            "dataset": "mnist5k", "train_images": 200, "batch_size": 100, "iterations": 4,
-            "langevin": {"steps": 3, "step_size": 0.05}, "correction": {"every": 2}, **training,
-        },
-        "evaluation": {"fid_samples": 20, "fid_real_images": 20, "test_langevin_steps": 3, "test_images": 40,
-                       "batch_size": 20},
+        "training": {"dataset": "mnist5k", "train_images": 200, "batch_size": 100, "iterations": 4, **training},
+        "methods": {"shortrun": {"langevin": {"steps": 3, "step_size": 0.05}, "correction": {"every": 2}}},
+        "evaluation": {"runs": ["ours", "abp"], "fid_samples": 20, "fid_real_images": 20, "test_langevin_steps": 3,
+                       "test_images": 40, "batch_size": 20},
     }
     if compute:
         config["compute"] = compute

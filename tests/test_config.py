@@ -17,9 +17,10 @@ import yaml
 from shortrun_ot import cli
 from shortrun_ot.config import (
     ConfigError,
+    all_run_settings,
     coerce_command_line_values,
     deep_merge,
-    stage_settings,
+    run_settings,
     validate_config,
 )
 
@@ -50,21 +51,65 @@ def _drop(path: str):
 
 # (change, the key the error must name)
 BAD = {
-    "misspelt key": (_set("training.langevin.step_sise", 0.1), "training.langevin.step_sise"),
-    "misspelt section": (_set("training.corection", {"alpha": 0.5}), "training.corection"),
+    "misspelt method key": (_set("methods.shortrun.langevin.step_sise", 0.1), "methods.shortrun.langevin.step_sise"),
+    "misspelt section": (_set("methods.shortrun.corection", {"alpha": 0.5}), "methods.shortrun.corection"),
+    "misspelt protocol key": (_set("training.latent_dimension", 3), "training.latent_dimension"),
     "unknown top-level key": (_set("iterations", 10), "iterations"),
-    "negative step size": (_set("training.langevin.step_size", -0.1), "training.langevin.step_size"),
-    "zero step size": (_set("training.langevin.step_size", 0), "training.langevin.step_size"),
-    "alpha above 1": (_set("training.correction.alpha", 1.5), "training.correction.alpha"),
+    "negative step size": (_set("methods.shortrun.langevin.step_size", -0.1), "methods.shortrun.langevin.step_size"),
+    "zero step size": (_set("methods.shortrun.langevin.step_size", 0), "methods.shortrun.langevin.step_size"),
+    "alpha above 1": (_set("methods.shortrun.correction.alpha", 1.5), "methods.shortrun.correction.alpha"),
     "alpha below 0 in a run": (_set("runs.abp.correction.alpha", -0.2), "runs.abp.correction.alpha"),
     "misspelt run override": (_set("runs.abp.correction.alpah", 0.0), "runs.abp.correction.alpah"),
-    "bad anomaly override": (_set("anomaly.training.learning", {"lr": -1.0}), "anomaly.training.learning.lr"),
+    "a key the method does not take": (_set("runs.abp.kl_weight", 1.0), "runs.abp.kl_weight"),
+    "run without method": (_drop("runs.abp.method"), "runs.abp.method"),
+    "bad anomaly override": (_set("anomaly.training.learning", {"lr": -1.0}), r"anomaly \(ours-holdout1-seed0\).learning.lr"),
     "wrong type": (_set("training.iterations", "ten"), "training.iterations"),
-    "missing key": (_drop("training.learning.lr"), "training.learning.lr"),
+    "missing key": (_drop("methods.shortrun.learning.lr"), "runs.ours.learning.lr"),
     "bad device": (_set("device", "gpu"), "device"),
-    "table run not defined": (_set("evaluation.runs", ["ours", "vae"]), "evaluation.runs"),
+    "table run not defined": (_set("evaluation.runs", ["ours", "nosuchrun"]), "evaluation.runs"),
     "digit out of range": (_set("anomaly.digits", [1, 10]), "anomaly.digits"),
+    "sweep of a key that does not exist": (_set("sweeps.s", {"runs": ["ours"], "key": "langevin.size", "values": [1]}),
+                                           "sweeps.s.key"),
+    "sweep value out of range": (_set("sweeps.s", {"runs": ["ours"], "key": "correction.alpha", "values": [2.0]}),
+                                 r"sweeps.s \(ours, 2.0\).correction.alpha"),
+    "sweep of an unknown run": (_set("sweeps.s", {"runs": ["nosuch"], "key": "seed", "values": [1]}), "sweeps.s.runs"),
+    "figure of an unknown sweep": (_set("figures.table4", {"sweep": "nosuch"}), "figures.table4.sweep"),
 }
+
+
+def test_unknown_method_lists_the_methods():
+    config = deep_merge(PARAMS, {"runs": {"x": {"method": "nosuch"}}})
+    with pytest.raises(ConfigError, match="unknown method 'nosuch'; choose one of .*shortrun"):
+        validate_config(config)
+
+
+def test_a_run_is_the_protocol_then_its_method_defaults_then_its_overrides():
+    config = deep_merge(PARAMS, {"training": {"seed": 7}, "methods": {"shortrun": {"sigma": 0.5}},
+                                 "runs": {"abp": {"sigma": 0.2}}})
+    ours, abp = run_settings(config, "ours"), run_settings(config, "abp")
+    assert (ours["seed"], ours["sigma"], ours["method"]) == (7, 0.5, "shortrun")
+    assert (abp["seed"], abp["sigma"], abp["correction"]["alpha"]) == (7, 0.2, 0.0)
+
+
+def test_a_sweep_of_two_values_yields_two_runs_that_differ_only_in_that_value():
+    config = deep_merge(PARAMS, {"sweeps": {"steps": {"runs": ["ours", "abp"], "key": "langevin.step_size",
+                                                      "values": [0.02, 0.04]}}})
+    settings = all_run_settings(config)
+    for base in ("ours", "abp"):
+        low, high = settings[f"{base}-step_size0.02"], settings[f"{base}-step_size0.04"]
+        assert (low["langevin"]["step_size"], high["langevin"]["step_size"]) == (0.02, 0.04)
+        assert deep_merge(low, {"langevin": {"step_size": 0.04}}) == high
+        assert deep_merge(low, {"langevin": {"step_size": settings[base]["langevin"]["step_size"]}}) == settings[base]
+
+
+def test_a_sweep_point_equal_to_an_existing_run_is_that_run():
+    alpha = PARAMS["methods"]["shortrun"]["correction"]["alpha"]
+    config = deep_merge(PARAMS, {"sweeps": {"alpha": {"runs": ["ours"], "key": "correction.alpha",
+                                                      "values": [0.0, 0.1, alpha]}}})
+    from shortrun_ot.config import sweep_points
+
+    points = sweep_points(config, "alpha", all_run_settings(config))
+    assert [key for _, _, key in points] == ["abp", "ours-alpha0.1", "ours"]
 
 
 def test_shipped_configurations_are_valid():
@@ -83,26 +128,26 @@ def test_validate_config_names_the_bad_key(case):
 
 def test_stage_entry_point_rejects_bad_run_settings(tmp_path, capsys):
     """A stage run directly (not through Snakemake) validates the settings it is given."""
-    settings = stage_settings(deep_merge(PARAMS["training"], {"correction": {"alpha": 2.0}}))
+    settings = run_settings(deep_merge(PARAMS, {"runs": {"ours": {"correction": {"alpha": 0.5}}}}), "ours")
+    settings["correction"]["alpha"] = 2.0
     out = tmp_path / "config.json"
     code = cli.main(["write-config", "--run", "ours", "--settings", json.dumps(settings), "--out", str(out)])
     assert code == 1 and not out.exists()
     assert "runs.ours.correction.alpha" in capsys.readouterr().err
 
-    settings = stage_settings(copy.deepcopy(PARAMS["training"]))
+    settings = run_settings(PARAMS, "ours")
     settings["langevin"]["stepsize"] = 0.1
     (tmp_path / "bad.json").write_text(json.dumps(settings))
-    code = cli.main(["learn", "--run", "ours", "--iteration", "1", "--config", str(tmp_path / "bad.json"),
-                     "--data", "none.pt", "--checkpoint", "none.pt", "--latents", "none.pt",
-                     "--stats-out", str(tmp_path / "s.json"), "--checkpoint-out", str(tmp_path / "c.pt")])
+    code = cli.main(["stage", "--run", "ours", "--stage", "learn", "--iteration", "1", "--config",
+                     str(tmp_path / "bad.json"), "--data", "none.pt", "--out", str(tmp_path / "c.pt")])
     assert code == 1
     assert "langevin.stepsize" in capsys.readouterr().err
 
 
 # Through Snakemake: the workflow stops while parsing, before any job is planned or started.
 SNAKEMAKE_BAD = {
-    "misspelt key": ({"training": {"langevin": {"step_sise": 0.1}}}, "step_sise"),
-    "negative step size": ({"training": {"langevin": {"step_size": -0.1}}}, "step_size"),
+    "misspelt key": ({"methods": {"shortrun": {"langevin": {"step_sise": 0.1}}}}, "step_sise"),
+    "negative step size": ({"methods": {"shortrun": {"langevin": {"step_size": -0.1}}}}, "step_size"),
     "alpha outside [0, 1]": ({"runs": {"ours": {"correction": {"alpha": 1.5}}}}, "alpha"),
 }
 
@@ -127,19 +172,22 @@ def test_snakemake_rejects_bad_configuration_before_any_job(tmp_path, case):
 def test_command_line_strings_become_the_schema_types():
     given = deep_merge(PARAMS, {
         "compute": {"iterations_per_job": "10", "tf32": "true"},
-        "results": "2021", "training": {"correction": {"alpha": "0", "max_iter": "null", "eps": "1e-3"}},
-        "runs": {"abp": {"correction": {"alpha": "0.0"}}, "new": {"langevin": {"persistent": "false"}}},
+        "results": "2021", "methods": {"shortrun": {"correction": {"alpha": "0", "max_iter": "null", "eps": "1e-3"}}},
+        "runs": {"abp": {"correction": {"alpha": "0.0"}}, "new": {"method": "shortrun",
+                                                                   "langevin": {"persistent": "false"}}},
+        "sweeps": {"s": {"runs": ["ours"], "key": "langevin.step_size", "values": ["0.02", "0.04"]}},
         "evaluation": {"test_images": "null", "runs": ["ours"]},
         "anomaly": {"digits": ["1", "4"], "training": {"iterations": "10"}},
     })
     config = coerce_command_line_values(given)
     assert config["compute"] == {**PARAMS["compute"], "iterations_per_job": 10, "tf32": True}
     assert config["results"] == "2021", "a string field stays a string"
-    correction = config["training"]["correction"]
+    correction = config["methods"]["shortrun"]["correction"]
     assert (correction["alpha"], correction["max_iter"], correction["eps"]) == (0, None, 1e-3)
     assert type(correction["alpha"]) is int and type(correction["eps"]) is float
     assert config["runs"]["abp"]["correction"]["alpha"] == 0.0
     assert config["runs"]["new"]["langevin"]["persistent"] is False
+    assert config["sweeps"]["s"]["values"] == [0.02, 0.04]
     assert config["evaluation"]["test_images"] is None
     assert config["anomaly"]["digits"] == [1, 4] and config["anomaly"]["training"]["iterations"] == 10
     validate_config(config)
@@ -158,7 +206,7 @@ def test_snakemake_accepts_nested_command_line_values(tmp_path):
     overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "results")}))
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--configfile", str(overlay), "--config",
-         "compute={iterations_per_job: 25, tf32: false}", "training={correction: {every: 5}}",
+         "compute={iterations_per_job: 25, tf32: false}", "methods={shortrun: {correction: {every: 5}}}",
          "--list-rules"],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )

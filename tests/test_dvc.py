@@ -2,7 +2,7 @@
 
 Cheap by design: the pipeline definition is checked against Snakemake's view of the quick
 configuration; `dvc repro --dry` and `dvc status` run on a scratch copy whose outputs are
-placeholders; one real stage (prepare@mnist5k) runs, round-trips through a local remote and
+placeholders; one real stage (prepare-mnist5k) runs, round-trips through a local remote and
 is not rerun.
 """
 
@@ -19,15 +19,17 @@ import yaml
 
 from shortrun_ot import cli
 from shortrun_ot.config import all_run_settings, anomaly_run, dataset_id, deep_merge
-from shortrun_ot.history import HEADER, history_rows, write_history
+from shortrun_ot.dvc_pipeline import generate, package_sources
+from shortrun_ot.history import history_rows, write_history
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIG_FILE = "config/quick.yaml"
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+QUICK = yaml.safe_load((REPO / CONFIG_FILE).read_text())
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
-PIPELINE = DVC_YAML["vars"][0]["pipeline"]
-CONFIG_FILE = PIPELINE["config"]
-CONFIG = deep_merge(PARAMS, yaml.safe_load((REPO / CONFIG_FILE).read_text()))
+CONFIG = deep_merge(PARAMS, QUICK)
 SETTINGS = all_run_settings(CONFIG)
+RUNS = CONFIG["evaluation"]["runs"]
 ANOMALY_RUNS = [anomaly_run(model, digit, seed) for model in CONFIG["anomaly"]["runs"]
                 for digit in CONFIG["anomaly"]["digits"] for seed in range(CONFIG["anomaly"]["seeds"])]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from DVC's internals
@@ -68,29 +70,32 @@ def stages(root: Path) -> dict:
         return {stage.name: stage for stage in repo.index.stages}
 
 
-# --- dvc.yaml agrees with the Snakemake configuration it reproduces --------------------------
+# --- dvc.yaml is generated from the Snakemake configuration it reproduces ---------------------
 
-def test_pipeline_names_match_the_snakemake_configuration():
-    assert f"--configfile {CONFIG_FILE}" in PIPELINE["snakemake"]
-    assert PIPELINE["results"] == CONFIG["results"]
-    assert PIPELINE["prepared"] == CONFIG["data"]["prepared"]
-    assert sorted(PIPELINE["runs"]) == sorted(CONFIG["evaluation"]["runs"])
-    assert sorted(PIPELINE["anomaly_runs"]) == sorted(ANOMALY_RUNS)
-    assert sorted(PIPELINE["datasets"]) == sorted({dataset_id(s) for s in SETTINGS.values()})
-    n_real = CONFIG["evaluation"]["fid_real_images"] or "all"
-    datasets = {SETTINGS[run]["dataset"] for run in CONFIG["evaluation"]["runs"]}
-    assert [PIPELINE["fid"]] == [f"{CONFIG['results']}/fid/{d}-{n_real}.npz" for d in datasets]
-    for run, item in {**PIPELINE["runs"], **PIPELINE["anomaly_runs"]}.items():
-        assert item["data"] == dataset_id(SETTINGS[run]), run
-        model = item.get("model", run)
-        overridden = "alpha" in (CONFIG["runs"][model] or {}).get("correction", {})
-        assert item["alpha"] == (f"runs.{model}.correction.alpha" if overridden else "training.correction.alpha")
-    deps = {stage: spec["deps"] for stage, spec in DVC_YAML["stages"].items() if "deps" in spec}
-    assert {f"${{pipeline.results}}/runs/{run}/metrics.json" for run in CONFIG["evaluation"]["runs"]} <= set(deps["table1"])
-    assert {f"${{pipeline.results}}/runs/{run}/anomaly.json" for run in ANOMALY_RUNS} <= set(deps["table2"])
-    for plot in DVC_YAML["plots"]:
-        (spec,) = plot.values()
-        assert all(path.startswith(f"{CONFIG['results']}/runs/") for path in spec["y"])
+def test_dvc_yaml_is_what_the_configuration_generates():
+    assert (REPO / "dvc.yaml").read_text() == generate(CONFIG_FILE), (
+        "dvc.yaml is stale: run `shortrun-ot dvc-yaml --configfile config/quick.yaml`")
+
+
+def test_a_stage_for_every_run_dataset_and_table():
+    expected = {f"prepare-{d}" for d in {dataset_id(SETTINGS[r]) for r in [*RUNS, *ANOMALY_RUNS]}}
+    expected |= {f"{kind}-{run}" for kind in ("train", "evaluate", "figures") for run in RUNS}
+    expected |= {f"anomaly-{run}" for run in ANOMALY_RUNS} | {"fid_reference-mnist5k-300", "table1", "table2"}
+    assert set(DVC_YAML["stages"]) == expected
+    assert {f"results/quick/runs/{run}/metrics.json" for run in RUNS} <= set(DVC_YAML["stages"]["table1"]["deps"])
+    assert {f"results/quick/runs/{run}/anomaly.json" for run in ANOMALY_RUNS} <= set(
+        DVC_YAML["stages"]["table2"]["deps"])
+    for stage in DVC_YAML["stages"].values():
+        assert "--configfile config/quick.yaml" in stage["cmd"]
+
+
+def test_sources_follow_imports_through_the_package():
+    vae = package_sources(("shortrun_ot.methods.vae",))
+    assert {"src/shortrun_ot/methods/vae.py", "src/shortrun_ot/methods/vae.schema.yaml",
+            "src/shortrun_ot/methods/base.py", "src/shortrun_ot/learning.py", "src/shortrun_ot/models.py",
+            "src/shortrun_ot/methods/__init__.py", "src/shortrun_ot/__init__.py"} <= set(vae)
+    assert "src/shortrun_ot/ot.py" not in vae and "src/shortrun_ot/methods/shortrun.py" not in vae
+    assert "src/shortrun_ot/ot.py" in package_sources(("shortrun_ot.methods.shortrun",))
 
 
 def _leaves(tree: dict, prefix: str = ""):
@@ -111,11 +116,12 @@ def _defines(tree: dict, dotted: str) -> bool:
 
 def _source(run: str, leaf: str) -> tuple[str, str]:
     """(file, dotted key) that sets ``leaf`` of a run's settings (the last layer that defines it)."""
-    quick = yaml.safe_load((REPO / CONFIG_FILE).read_text())
     model = run.split("-holdout")[0]
-    layers = [("anomaly.training", run != model), (f"runs.{model}", True), ("training", True)]
+    method = SETTINGS[run]["method"]
+    layers = [("anomaly.training", run != model), (f"runs.{model}", True), (f"methods.{method}", True),
+              ("training", True)]
     for section, applies in layers:
-        for file, data in ((CONFIG_FILE, quick), ("params.yaml", PARAMS)):
+        for file, data in ((CONFIG_FILE, QUICK), ("params.yaml", PARAMS)):
             if applies and _defines(data, f"{section}.{leaf}"):
                 return file, f"{section}.{leaf}"
     raise AssertionError(f"{run}: no source for {leaf}")
@@ -123,26 +129,22 @@ def _source(run: str, leaf: str) -> tuple[str, str]:
 
 def test_run_stages_declare_exactly_the_params_their_settings_come_from(scratch):
     found = stages(scratch)
-    for run in [*PIPELINE["runs"], *PIPELINE["anomaly_runs"]]:
-        stage = found[f"train@{run}" if run in PIPELINE["runs"] else f"anomaly@{run}"]
+    for run in [*RUNS, *ANOMALY_RUNS]:
+        stage = found[f"train-{run}" if run in RUNS else f"anomaly-{run}"]
         declared = {(Path(d.def_path).as_posix(), key) for d in stage.deps if hasattr(d, "params") for key in d.params}
         sources = set()
         for leaf in _leaves(SETTINGS[run]):
-            if run in ANOMALY_RUNS and leaf in ("heldout_digit", "seed"):
-                continue  # set by the run's key
-            file, key = _source(run, leaf)
-            sources.add((file, key))
-            assert any(f == file and (key == k or key.startswith(k + ".")) for f, k in declared), (run, file, key)
-        # precision: every declared params.yaml key sets something this run reads
+            if leaf == "method" or (run in ANOMALY_RUNS and leaf in ("heldout_digit", "seed")):
+                continue  # the method is the run's identity; digit and seed are set by the run's key
+            sources.add(_source(run, leaf))
+            assert _source(run, leaf) in declared, (run, leaf)
+        # precision: every declared run-settings key sets something this run reads
         for file, key in declared:
-            if file == "params.yaml" and key.startswith("training."):
-                assert any(f == file and (s == key or s.startswith(key + ".")) for f, s in sources), (run, key)
+            if key.split(".")[0] in ("training", "methods", "runs"):
+                assert (file, key) in sources, (run, file, key)
 
 
 # --- dvc repro --dry, dvc status, plots on placeholder outputs -------------------------------
-
-HISTORY = "iteration,corrected," + ",".join(HEADER[2:]) + "\n"
-
 
 def fill_outputs(root: Path) -> None:
     """Write a placeholder for every output of every stage (history CSVs that DVC can plot)."""
@@ -151,9 +153,10 @@ def fill_outputs(root: Path) -> None:
             path = Path(out.fs_path)
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.name == "history.csv":
-                rows = [f"{t},{int(t % 5 == 0)}," + ",".join(str(t * 0.1 + i) for i in range(len(HEADER) - 2))
-                        for t in range(1, 4)]
-                path.write_text(HISTORY + "\n".join(rows) + "\n")
+                path.write_text("iteration,stages,learn.loss\n" + "".join(f"{t},learn,{1 / t}\n" for t in (1, 2, 3)))
+            elif path.name == "final":
+                path.mkdir()
+                (path / "model.pt").write_text(f"{stage.name}\n")
             elif path.suffix == ".json":
                 path.write_text(json.dumps({"stage": stage.name, "value": 1.0}))
             else:
@@ -165,56 +168,59 @@ def stages_to_run(root: Path) -> set[str]:
     return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
-def test_repro_dry_status_and_alpha_change(scratch):
-    found = stages(scratch)
-    expected = {f"prepare@{d}" for d in PIPELINE["datasets"]} | {"fid_reference", "table1", "table2"}
-    expected |= {f"{s}@{r}" for s in ("train", "evaluate", "figures") for r in PIPELINE["runs"]}
-    expected |= {f"anomaly@{r}" for r in PIPELINE["anomaly_runs"]}
-    assert set(found) == expected
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
 
+
+def test_repro_dry_status_and_a_change_of_one_methods_setting(scratch):
+    assert set(stages(scratch)) == set(DVC_YAML["stages"])
     fill_outputs(scratch)
     dvc("commit", "--force", "-q", cwd=scratch)  # record the placeholders as if every stage had run
     assert "Data and pipelines are up to date" in dvc("status", cwd=scratch)
     assert stages_to_run(scratch) == set(), "running again does nothing"
 
     plots = json.loads(dvc("plots", "show", "--json", cwd=scratch))
-    assert {"Training loss (last learning pass)", "Mean log p(I, z) after inference"} <= set(plots["data"])
+    assert {f"results/quick/runs/{run}/history.csv" for run in RUNS} <= set(plots["data"])
 
     params = scratch / "params.yaml"
-    params.write_text(params.read_text().replace("    alpha: 0.5 ", "    alpha: 0.6 ", 1))
-    changed = stages_to_run(scratch)
-    assert changed == {"train@ours"} | {f"anomaly@{r}" for r in PIPELINE["anomaly_runs"]}
+    _edit(params, "      alpha: 0.5 ", "      alpha: 0.6 ")  # methods.shortrun.correction.alpha; abp sets its own
+    assert stages_to_run(scratch) == {"train-ours"} | {f"anomaly-{r}" for r in ANOMALY_RUNS if r.startswith("ours-")}
+    dvc("commit", "--force", "-q", cwd=scratch)
+    _edit(params, "    kl_weight: 1.0", "    kl_weight: 0.5")  # methods.vae.kl_weight
+    assert stages_to_run(scratch) == {"train-vae"} | {f"anomaly-{r}" for r in ANOMALY_RUNS if r.startswith("vae-")}
 
     from dvc.repo import Repo
 
-    with Repo(str(scratch)) as repo:  # what reruns once train@ours has new outputs
+    with Repo(str(scratch)) as repo:  # what reruns once train-ours has new outputs
         graph = repo.index.graph
         by_name = {stage.name: stage for stage in graph}
         import networkx as nx
 
-        downstream = {s.name for s in nx.ancestors(graph, by_name["train@ours"])}
-    assert downstream == {"evaluate@ours", "figures@ours", "table1"}
+        downstream = {s.name for s in nx.ancestors(graph, by_name["train-ours"])}
+    assert downstream == {"evaluate-ours", "figures-ours", "table1"}
 
 
 # --- one real stage: run, push, pull, no rerun --------------------------------------------------
 
 @pytest.mark.slow
 def test_prepare_stage_runs_round_trips_through_a_local_remote_and_is_not_rerun(scratch, tmp_path):
-    output = dvc("repro", "prepare@mnist5k", cwd=scratch)
-    assert "Running stage 'prepare@mnist5k'" in output
+    output = dvc("repro", "prepare-mnist5k", cwd=scratch)
+    assert "Running stage 'prepare-mnist5k'" in output
     data = scratch / "data" / "prepared" / "mnist5k.pt"
     digest = data.read_bytes()
-    assert "didn't change" in dvc("repro", "prepare@mnist5k", cwd=scratch)
+    assert "didn't change" in dvc("repro", "prepare-mnist5k", cwd=scratch)
 
     dvc("remote", "add", "-d", "local", str(tmp_path / "dvc-storage"), cwd=scratch)
-    dvc("push", "prepare@mnist5k", cwd=scratch)
+    dvc("push", "prepare-mnist5k", cwd=scratch)
     data.unlink()
     shutil.rmtree(scratch / ".dvc" / "cache")
-    assert "not in cache" in dvc("status", "prepare@mnist5k", cwd=scratch)
-    dvc("pull", "prepare@mnist5k", cwd=scratch)
+    assert "not in cache" in dvc("status", "prepare-mnist5k", cwd=scratch)
+    dvc("pull", "prepare-mnist5k", cwd=scratch)
     assert data.read_bytes() == digest
-    assert "up to date" in dvc("status", "prepare@mnist5k", cwd=scratch)
-    assert "didn't change" in dvc("repro", "prepare@mnist5k", cwd=scratch)
+    assert "up to date" in dvc("status", "prepare-mnist5k", cwd=scratch)
+    assert "didn't change" in dvc("repro", "prepare-mnist5k", cwd=scratch)
 
 
 @pytest.mark.slow
@@ -223,18 +229,18 @@ def test_train_stage_runs_block_jobs(scratch):
     quick = scratch / CONFIG_FILE
     config = yaml.safe_load(quick.read_text())
     config["compute"] = {"iterations_per_job": 2}
-    config["training"].update(train_images=200, batch_size=100, iterations=3,
-                              langevin={"steps": 2}, correction={"every": 2})
+    config["training"].update(train_images=200, batch_size=100, iterations=3)
+    config["methods"]["shortrun"].update(langevin={"steps": 2}, correction={"every": 2})
     quick.write_text(yaml.safe_dump(config))
 
-    output = dvc("repro", "train@ours", cwd=scratch)
-    assert "Running stage 'train@ours'" in output
-    run_dir = scratch / PIPELINE["results"] / "runs" / "ours"
+    output = dvc("repro", "train-ours", cwd=scratch)
+    assert "Running stage 'train-ours'" in output
+    run_dir = scratch / CONFIG["results"] / "runs" / "ours"
     logs = sorted(p.name for p in (run_dir / "logs").iterdir() if p.name.startswith("it") and p.suffix == ".log")
     assert logs == ["it0001-0002.log", "it0003-0003.log"], logs
     with open(run_dir / "history.csv") as f:
         assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2", "3"]
-    assert "didn't change" in dvc("repro", "train@ours", cwd=scratch)
+    assert "didn't change" in dvc("repro", "train-ours", cwd=scratch)
 
 
 # --- the history CSV behind the plots ------------------------------------------------------------
@@ -251,21 +257,22 @@ def test_history_has_one_row_per_iteration(tmp_path):
     for t in (1, 2):
         files.append(_stats(tmp_path, t, "infer", log_joint_start=-9.0 + t, log_joint_end=-5.0 + t, latent_norm=1.0))
         files.append(_stats(tmp_path, t, "learn", loss_first_pass=3.0 / t, loss_last_pass=2.0 / t, grad_norm=0.1))
-    files.append(_stats(tmp_path, 2, "correct", cost=12.5, lower_bound=12.0, unmatched=0))
+    files.append(_stats(tmp_path, 2, "correct", cost=12.5, lower_bound=12.0, unmatched=0, repaired=True))
     out = tmp_path / "history.csv"
     assert cli.main(["history", "--run", "ours", "--stats", *map(str, reversed(files)), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert list(rows[0]) == HEADER
-    assert [r["iteration"] for r in rows] == ["1", "2"] and [r["corrected"] for r in rows] == ["0", "1"]
-    assert rows[0]["ot_cost"] == "" and float(rows[1]["ot_cost"]) == 12.5
-    assert float(rows[1]["loss_last_pass"]) == 1.0 and float(rows[0]["log_joint_end"]) == -4.0
+    assert list(rows[0])[:2] == ["iteration", "stages"]
+    assert {"infer.log_joint_end", "learn.loss_last_pass", "correct.cost", "infer.seconds"} <= set(rows[0])
+    assert "correct.repaired" not in rows[0], "booleans are not measurements"
+    assert [r["iteration"] for r in rows] == ["1", "2"]
+    assert [sorted(r["stages"].split()) for r in rows] == [["infer", "learn"], ["correct", "infer", "learn"]]
+    assert rows[0]["correct.cost"] == "" and float(rows[1]["correct.cost"]) == 12.5
+    assert float(rows[1]["learn.loss_last_pass"]) == 1.0 and float(rows[0]["infer.log_joint_end"]) == -4.0
 
 
-def test_history_rejects_incomplete_or_duplicate_statistics(tmp_path):
+def test_history_rejects_duplicate_or_broken_reports(tmp_path):
     infer = _stats(tmp_path, 1, "infer", log_joint_end=-1.0)
-    with pytest.raises(ValueError, match="iteration 1: no learn"):
-        history_rows([infer])
-    with pytest.raises(ValueError, match="second infer record"):
+    with pytest.raises(ValueError, match="a second infer report for iteration 1"):
         history_rows([infer, infer])
     broken = tmp_path / "it0001" / "learn.json"
     broken.write_text("{not json")

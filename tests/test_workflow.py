@@ -1,12 +1,14 @@
 """The training workflow run through Snakemake itself on a tiny configuration."""
 
 import json
+import textwrap
 
 import pandas as pd
 import pytest
 import torch
+import yaml
 
-from conftest import snakemake, tiny_config
+from conftest import REPO, snakemake, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -20,34 +22,37 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
     snakemake("--configfile", "config/quick.yaml", str(config))
     results = tmp_path / "results"
     for run in ("ours", "abp"):
-        final = results / "runs" / run / "it0004" / "checkpoint.pt"
-        assert final.is_file() and (results / "runs" / run / "figures" / "grid.png").is_file()
+        assert (results / "runs" / run / "final" / "model.pt").is_file()
+        assert (results / "runs" / run / "figures" / "grid.png").is_file()
         for t in range(1, 5):
             stats = json.loads((results / "runs" / run / f"it{t:04d}" / "infer.json").read_text())
-            assert stats["iteration"] == t and stats["steps"] == 3
+            assert stats["iteration"] == t and stats["steps"] == 3 and stats["latent_fd"] >= 0
     # corrections happen on t % L == 0 for alpha > 0 only (alpha = 0 is plain ABP)
-    assert [p.name for p in run_files(results, "ours", 2) if p.name.startswith("correct")] == ["correct.json", "corrected.pt"]
-    assert not list((results / "runs" / "abp").glob("it*/corrected.pt"))
+    names = [p.name for p in run_files(results, "ours", 2) if p.name.startswith("correct")]
+    assert names == ["correct.json", "correct.pt", "correct.pt.json"]
+    assert not list((results / "runs" / "abp").glob("it*/correct.pt"))
     correct = json.loads((results / "runs" / "ours" / "it0002" / "correct.json").read_text())
     assert correct["unmatched"] == 0 and correct["lower_bound"] <= correct["cost"] + 1e-6
+    history = pd.read_csv(results / "runs" / "ours" / "history.csv")
+    assert list(history.iteration) == [0, 1, 2, 3, 4] and history["correct.cost"].notna().sum() == 2
     table = pd.read_csv(results / "table1.csv")
     measured = table[table.source == "measured"]
     assert sorted(measured.model) == ["ABP", "Ours"] and (measured.fid_samples == 20).all()
-    assert measured[["mse_train", "mse_test", "fid"]].gt(0).all().all()
+    assert measured[["mse_train", "mse_test", "fid", "ot_cost", "train_seconds"]].gt(0).all().all()
     assert (results / "table1.md").read_text().startswith("Table 1")
 
     # Deleting iterations 3 and later recomputes exactly those, with identical results (CPU, fixed seed).
     before = {p: p.stat().st_mtime_ns for t in (0, 1, 2) for p in run_files(results, "ours", t)}
-    final = results / "runs" / "ours" / "it0004" / "checkpoint.pt"
-    reference = torch.load(final, weights_only=True)["model"]
+    final = results / "runs" / "ours" / "it0004" / "learn.pt"
+    reference = torch.load(final, weights_only=True)["generator"]
     for t in (3, 4):
         for p in run_files(results, "ours", t):
             p.unlink()
     out = snakemake("--configfile", "config/quick.yaml", str(config))
     assert {p: p.stat().st_mtime_ns for p in before} == before
-    assert "rule infer" in out.stdout + out.stderr
-    assert (results / "runs" / "ours" / "it0003" / "inferred.pt").is_file()
-    recomputed = torch.load(final, weights_only=True)["model"]
+    assert "stage=infer" in out.stdout + out.stderr
+    assert (results / "runs" / "ours" / "it0003" / "infer.pt").is_file()
+    recomputed = torch.load(final, weights_only=True)["generator"]
     assert all(torch.equal(reference[k], recomputed[k]) for k in reference)
 
     # One job per block of 3 iterations (compute.iterations_per_job) writes the same files, bit for bit.
@@ -55,15 +60,94 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
     blocks = tiny_config(tmp_path / "blocks", compute={"iterations_per_job": 3, "cuda_graphs": True, "tf32": False})
     blocks_results = tmp_path / "blocks" / "results"
     out = snakemake("--configfile", "config/quick.yaml", str(blocks), "--",
-                    str(blocks_results / "runs" / "ours" / "it0004" / "checkpoint.pt"))
+                    str(blocks_results / "runs" / "ours" / "it0004" / "learn.pt"))
     jobs = out.stdout + out.stderr
-    assert "train_ours_it0001_0003" in jobs and "train_ours_it0004_0004" in jobs and "rule infer" not in jobs
+    assert "train_ours_it0001_0003" in jobs and "train_ours_it0004_0004" in jobs and "stage=infer" not in jobs
     for t in range(0, 5):
         produced = run_files(blocks_results, "ours", t)
         assert [p.name for p in produced] == [p.name for p in run_files(results, "ours", t)]
         for p in produced:
-            if p.suffix == ".pt" or p.name == "checkpoint.pt.json":
+            if p.suffix == ".pt" or p.name.endswith(".pt.json"):
                 assert p.read_bytes() == (results / "runs" / "ours" / f"it{t:04d}" / p.name).read_bytes(), p
     block_stats = json.loads((blocks_results / "runs" / "ours" / "it0001" / "infer.json").read_text())
     assert block_stats["startup_seconds"] > 0 and block_stats["compute_seconds"] <= block_stats["seconds"]
     assert "startup_seconds" not in json.loads((blocks_results / "runs" / "ours" / "it0002" / "infer.json").read_text())
+
+
+TOY_METHOD = '''
+"""A method that exists only in this test: the mean training image, whatever z."""
+import torch
+from shortrun_ot.methods.base import Method, StageRef, TrainedModel
+
+
+class MeanImage(Method):
+    STAGES = ("init", "average")
+
+    def stages(self, t):
+        return ["init"] if t == 0 else ["average"]
+
+    def inputs(self, stage, t):
+        return {} if stage == "init" else {"previous": self.previous(t)}
+
+    def init(self, t, inputs, ctx):
+        return {"mean": torch.zeros_like(ctx.images[0]), "count": torch.tensor(0)}, {}
+
+    def average(self, t, inputs, ctx):
+        shift = self.settings["shift"]
+        return {"mean": ctx.images.mean(0) + shift, "count": inputs["previous"]["count"] + 1}, {"shift": shift}
+
+    def evaluation_points(self, t):
+        return {"end": {"model": StageRef(t, self.stages(t)[-1])}}
+
+    def trained_model(self, states, device, protocol):
+        return MeanModel(self.settings, device, protocol, states["model"]["mean"])
+
+
+class MeanModel(TrainedModel):
+    def __init__(self, settings, device, protocol, mean):
+        super().__init__(settings, device, protocol)
+        self.mean = mean
+
+    def decode(self, z):
+        return self.mean.expand(len(z), *self.mean.shape).clone()
+
+    def encode(self, images):
+        return torch.zeros(len(images), self.latent_dim)
+
+
+METHOD = MeanImage
+'''
+
+
+def test_a_method_defined_outside_the_package_runs_through_the_unchanged_workflow(tmp_path):
+    """The rules never name a method: a module on PYTHONPATH, with its schema beside it, is enough."""
+    package = tmp_path / "plugins" / "toy_methods"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "mean_image.py").write_text(textwrap.dedent(TOY_METHOD))
+    (package / "mean_image.schema.yaml").write_text(yaml.safe_dump(
+        {"properties": {"shift": {"type": "number", "description": "added to the mean image"}}}))
+    config = tiny_config(tmp_path)
+    overlay = yaml.safe_load(config.read_text())
+    overlay.update(runs={"toy": {"method": "toy_methods.mean_image", "shift": -0.5, "iterations": 2}},
+                   evaluation={**overlay["evaluation"], "runs": ["toy"]})
+    config.write_text(yaml.safe_dump(overlay))
+    import os
+
+    env_path = f"{tmp_path / 'plugins'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    os.environ["PYTHONPATH"], previous = env_path, os.environ.get("PYTHONPATH")
+    try:
+        snakemake("--configfile", "config/quick.yaml", str(config), "--", str(tmp_path / "results" / "table1.csv"))
+    finally:
+        if previous is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = previous
+    run = tmp_path / "results" / "runs" / "toy"
+    assert [json.loads((run / f"it{t:04d}" / "average.json").read_text())["shift"] for t in (1, 2)] == [-0.5, -0.5]
+    assert int(torch.load(run / "final" / "model.pt")["count"]) == 2
+    table = pd.read_csv(tmp_path / "results" / "table1.csv")
+    row = table[table.source == "measured"].iloc[0]
+    assert (row.model, row.method) == ("toy", "toy_methods.mean_image") and row.fid > 0
+    rules = {path.name: path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk")}
+    assert not any("mean_image" in text for text in rules.values())

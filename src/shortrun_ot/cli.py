@@ -1,4 +1,8 @@
-"""Command-line entry points called by the Snakemake rules (``shortrun-ot STAGE ...``)."""
+"""Command-line entry points called by the Snakemake rules (``shortrun-ot COMMAND ...``).
+
+Each command is a thin wrapper: it reads its files, calls the package, writes its outputs
+atomically, and reports any failure as one ``shortrun-ot: error: <where>: <what to do>`` line.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import sys
 
 import torch
 
-from .config import ConfigError, check_stage_settings, load_stage_settings, resolve_device, set_tf32, stage_settings
+from .config import ConfigError, check_run_settings, load_run_settings, resolve_device, set_tf32
 from .io import save_json
 
 
@@ -18,8 +22,19 @@ def _context(args) -> str:
         parts.append(f"iteration {args.iteration}")
     if getattr(args, "first", None) is not None:
         parts.append(f"iterations {args.first}..{args.last}")
-    parts.append(f"stage {args.command}")
+    parts.append(f"stage {getattr(args, 'stage', None) or args.command}")
     return ", ".join(parts)
+
+
+def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
+    """``role=path`` arguments as a dict."""
+    pairs = {}
+    for item in items or []:
+        role, sep, path = item.partition("=")
+        if not sep or not role or not path:
+            raise ValueError(f"{what} must be given as ROLE=PATH, got {item!r}")
+        pairs[role] = path
+    return pairs
 
 
 def cmd_prepare(args):
@@ -29,95 +44,45 @@ def cmd_prepare(args):
 
 
 def cmd_write_config(args):
-    settings = stage_settings(json.loads(args.settings))
-    check_stage_settings(settings, f"runs.{args.run}")
+    settings = json.loads(args.settings)
+    check_run_settings(settings, f"runs.{args.run}")
     save_json(settings, args.out)
 
 
-def cmd_init(args):
-    from .pipeline import initialise
+def cmd_stage(args):
+    from .methods.base import StageRef
+    from .pipeline import run_stage
 
-    print(json.dumps(initialise(load_stage_settings(args.config), args.data, args.checkpoint_out,
-                                args.latents_out, args.prior_out)))
-
-
-def cmd_infer(args):
-    from .langevin import DivergenceError
-    from .pipeline import infer
-
-    settings = load_stage_settings(args.config)
-    try:
-        report = infer(settings, args.iteration, args.data, args.checkpoint, args.latents, args.latents_out,
-                       args.stats_out, resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs)
-    except DivergenceError as exc:
-        raise _divergence_advice(exc, settings) from None
-    print(json.dumps(report))
-
-
-def _divergence_advice(exc, settings):
-    from .langevin import DivergenceError
-
-    return DivergenceError(
-        f"{exc}; lower 'langevin.step_size' (now {settings['langevin']['step_size']}) in params.yaml "
-        "or the run's overrides, then rerun"
-    )
-
-
-def _learning_advice(exc, settings):
-    return FloatingPointError(
-        f"{exc}; lower 'learning.lr' (now {settings['learning']['lr']}) or 'langevin.step_size' "
-        f"(now {settings['langevin']['step_size']}), or raise 'sigma' (now {settings['sigma']})"
-    )
-
-
-def cmd_correct(args):
-    from .pipeline import correct
-
-    report = correct(load_stage_settings(args.config), args.iteration, args.latents, args.prior, args.previous,
-                     args.latents_out, args.stats_out, resolve_device(args.device), progress=True)
-    print(json.dumps(report))
-
-
-def cmd_learn(args):
-    from .pipeline import learn_stage
-
-    settings = load_stage_settings(args.config)
-    try:
-        report = learn_stage(settings, args.iteration, args.data, args.checkpoint, args.latents,
-                             args.checkpoint_out, args.stats_out, resolve_device(args.device), progress=True)
-    except FloatingPointError as exc:
-        raise _learning_advice(exc, settings) from None
+    report = run_stage(load_run_settings(args.config), StageRef(args.iteration, args.stage),
+                       _pairs(args.inputs, "--inputs"), args.data, args.out, resolve_device(args.device),
+                       progress=True, cuda_graph=args.cuda_graphs)
     print(json.dumps(report))
 
 
 def cmd_train_block(args):
-    from .langevin import DivergenceError
     from .pipeline import train_block
 
-    settings = load_stage_settings(args.config)
-    try:
-        reports = train_block(settings, args.run_dir, args.first, args.last, args.data, resolve_device(args.device),
-                              progress=True, cuda_graph=args.cuda_graphs)
-    except DivergenceError as exc:
-        raise _divergence_advice(exc, settings) from None
-    except FloatingPointError as exc:
-        raise _learning_advice(exc, settings) from None
+    reports = train_block(load_run_settings(args.config), args.run_dir, args.first, args.last, args.data,
+                          resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs)
     print(json.dumps({"iterations": [args.first, args.last], "stages": len(reports)}))
 
 
-def cmd_grid(args):
-    from .figures import image_grid_figure
-    from .pipeline import load_checkpoint, load_latents, load_training_images
+def cmd_final(args):
+    from .pipeline import write_final
 
-    settings = load_stage_settings(args.config)
-    images = load_training_images(args.data, settings)[: args.count]
-    generator = load_checkpoint(args.checkpoint, settings, torch.device("cpu"))
-    generator.eval()
-    z = load_latents(args.latents, len(load_training_images(args.data, settings)))[: args.count]
-    prior = torch.randn((args.count, settings["latent_dim"]), generator=torch.Generator().manual_seed(settings["seed"]))
-    with torch.no_grad():
-        panels = {"training images": images, "reconstructions g(z)": generator(z), "samples g(z), z ~ N(0, I)": generator(prior)}
-    image_grid_figure(panels, args.out)
+    write_final(load_run_settings(args.config), _pairs(args.inputs, "--inputs"), args.reports, args.out_dir)
+
+
+def _trained_model(args, langevin_steps: int):
+    """The run's model from ``--model ROLE=PATH`` state files, ready for evaluation."""
+    from .methods.base import EvaluationProtocol
+    from .pipeline import build_method, load_state
+
+    settings = load_run_settings(args.config)
+    device = resolve_device(args.device)
+    states = {role: load_state(path, settings) for role, path in _pairs(args.model, "--model").items()}
+    protocol = EvaluationProtocol(batch_size=args.batch_size, langevin_steps=langevin_steps)
+    return settings, build_method(settings).trained_model(states, device, protocol)
 
 
 def cmd_fid_reference(args):
@@ -131,52 +96,56 @@ def cmd_fid_reference(args):
     if args.images is not None:
         images = images[: args.images]
     mu, sigma = real_feature_statistics(images, load_fid_inception(device), batch_size=args.batch_size,
-                                        device=device, progress=True)
+                                        device=device, precision=args.precision, progress=True)
     save_statistics(args.out, mu, sigma, len(images))
 
 
 def cmd_evaluate(args):
-    from .data import load_prepared
-    from .evaluation import evaluate_run
+    from .evaluation import evaluate_model
     from .inception import load_fid_inception
+    from .io import load_json
     from .metrics import load_statistics
-    from .pipeline import load_checkpoint, load_latents, load_training_images
+    from .pipeline import load_test_images, load_training_images
 
-    settings = load_stage_settings(args.config)
-    device = resolve_device(args.device)
+    settings, model = _trained_model(args, args.test_steps)
     train_images = load_training_images(args.data, settings)
-    test_images = load_prepared(args.data, "test")
-    if args.test_images is not None:
-        test_images = test_images[: args.test_images]
-    generator = load_checkpoint(args.checkpoint, settings, device)
-    metrics = evaluate_run(
-        generator, settings, train_images, load_latents(args.latents, len(train_images)), test_images,
-        load_latents(args.prior, len(train_images)), load_fid_inception(device), load_statistics(args.fid_reference),
-        fid_samples=args.fid_samples, test_steps=args.test_steps, batch_size=args.batch_size, device=device,
-        progress=True,
-    )
-    save_json({"run": args.run, "dataset": settings["dataset"], "iterations": args.iteration, **metrics}, args.out)
+    test_images, _ = load_test_images(args.data, settings, args.test_images)
+    metrics = evaluate_model(model, train_images, test_images, load_fid_inception(model.device),
+                             load_statistics(args.fid_reference), fid_samples=args.fid_samples,
+                             fid_precision=args.fid_precision, progress=True)
+    training = load_json(args.training, "training summary") if args.training else {}
+    save_json({"run": args.run, "method": settings["method"], "dataset": settings["dataset"],
+               "iterations": args.iteration, "point": args.point, "device": str(model.device),
+               **metrics, "training": training}, args.out)
 
 
 def cmd_anomaly(args):
-    from .data import load_prepared, load_prepared_labels
     from .evaluation import evaluate_anomaly
-    from .pipeline import load_checkpoint
+    from .pipeline import load_test_images
 
-    settings = load_stage_settings(args.config)
-    device = resolve_device(args.device)
-    generator = load_checkpoint(args.checkpoint, settings, device)
-    result = evaluate_anomaly(generator, settings, load_prepared(args.data, "test"),
-                              load_prepared_labels(args.data, "test"), steps=args.test_steps,
-                              batch_size=args.batch_size, device=device, progress=True)
-    save_json({"run": args.run, "model": args.model, "dataset": settings["dataset"], **result}, args.out)
+    settings, model = _trained_model(args, args.test_steps)
+    test_images, is_anomaly = load_test_images(args.data, settings)
+    result = evaluate_anomaly(model, test_images, is_anomaly)
+    save_json({"run": args.run, "model": args.model_key, "method": settings["method"],
+               "dataset": settings["dataset"], **result}, args.out)
+
+
+def cmd_grid(args):
+    from .figures import image_grid_figure
+    from .pipeline import load_training_images
+
+    settings, model = _trained_model(args, args.test_steps)
+    images = load_training_images(args.data, settings)
+    latents = model.latent_population(images)[: args.count]
+    panels = {"training images": images[: args.count], "reconstructions": model.decode(latents),
+              "samples": model.sample(args.count)}
+    image_grid_figure(panels, args.out)
 
 
 def cmd_table1(args):
     from .tables import table1, write_table
 
-    metrics = dict(item.split("=", 1) for item in args.metrics)
-    write_table(table1(metrics, args.reference), args.csv, args.markdown,
+    write_table(table1(args.metrics, args.reference), args.csv, args.markdown,
                 "Table 1: reconstruction MSE ([0, 1] scale) and FID; `measured` rows come from this workflow.")
 
 
@@ -194,101 +163,96 @@ def cmd_history(args):
     print(json.dumps({"run": args.run, "iterations": len(rows), "out": args.out}))
 
 
+def cmd_dvc_yaml(args):
+    from .dvc_pipeline import generate
+    from .io import save_text
+
+    save_text(generate(args.configfile), args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shortrun-ot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def stage(name, func, help_text, data=True):
+    def command(name, func, help_text, *, config=True, data=True, device=False):
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(func=func)
-        p.add_argument("--run", help="experiment key (for messages)")
-        if name not in ("prepare", "write-config", "fid-reference"):
+        p.add_argument("--run", help="run key (for messages)")
+        if config:
             p.add_argument("--config", required=True, help="the run's config.json")
         if data:
             p.add_argument("--data", required=True, help="prepared dataset (.pt)")
+        if device:
+            p.add_argument("--device", default="auto")
         return p
 
-    p = stage("prepare", cmd_prepare, "prepare and checksum a dataset", data=False)
+    p = command("prepare", cmd_prepare, "prepare and checksum a dataset", config=False, data=False)
     p.add_argument("--dataset", required=True)
     p.add_argument("--raw-root", required=True)
     p.add_argument("--heldout-digit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
-    p = stage("write-config", cmd_write_config, "validate a run's settings and write config.json", data=False)
-    p.add_argument("--settings", required=True, help="JSON of the run's merged training settings")
+    p = command("write-config", cmd_write_config, "validate a run's settings and write config.json",
+                config=False, data=False)
+    p.add_argument("--settings", required=True, help="JSON of the run's merged settings")
     p.add_argument("--out", required=True)
 
-    p = stage("init", cmd_init, "iteration 0: initial generator, latents and prior sample")
-    p.add_argument("--checkpoint-out", required=True)
-    p.add_argument("--latents-out", required=True)
-    p.add_argument("--prior-out", required=True)
+    p = command("stage", cmd_stage, "one training stage of one iteration (the run's method says what it does)",
+                device=True)
+    p.add_argument("--stage", required=True)
+    p.add_argument("--iteration", type=int, required=True)
+    p.add_argument("--inputs", nargs="*", default=[], help="ROLE=PATH of each state file the stage reads")
+    p.add_argument("--out", required=True, help="the stage's state file; its manifest and report go beside it")
 
-    for name, func, help_text in (("infer", cmd_infer, "inference stage (Langevin, Eq. 7)"),
-                                  ("learn", cmd_learn, "learning stage (Adam on (z, I) pairs)")):
-        p = stage(name, func, help_text)
-        p.add_argument("--iteration", type=int, required=True)
-        p.add_argument("--checkpoint", required=True)
-        p.add_argument("--latents", required=True)
-        p.add_argument("--stats-out", required=True)
-        p.add_argument("--device", default="auto")
-    sub.choices["infer"].add_argument("--latents-out", required=True)
-
-    p = stage("train-block", cmd_train_block, "iterations FIRST..LAST in one process (all their files)")
-    p.add_argument("--run-dir", required=True, help="results/runs/<run>: reads it<FIRST-1>, writes it<FIRST>..it<LAST>")
+    p = command("train-block", cmd_train_block, "iterations FIRST..LAST in one process (all their files)",
+                device=True)
+    p.add_argument("--run-dir", required=True, help="results/runs/<run>: reads before FIRST, writes FIRST..LAST")
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--last", type=int, required=True)
-    p.add_argument("--device", default="auto")
-    for name in ("infer", "train-block"):
+    for name in ("stage", "train-block"):
         sub.choices[name].add_argument("--cuda-graphs", action="store_true",
                                        help="replay each batch's Langevin chain as a CUDA graph (CUDA only)")
-    sub.choices["learn"].add_argument("--checkpoint-out", required=True)
+        sub.choices[name].add_argument("--tf32", action="store_true",
+                                       help="TF32 matrix units for CUDA float32 matmuls and convolutions")
 
-    p = stage("correct", cmd_correct, "correction stage (OT, Alg. 2 and Eq. 10)", data=False)
-    p.add_argument("--iteration", type=int, required=True)
-    p.add_argument("--latents", required=True)
-    p.add_argument("--prior", required=True)
-    p.add_argument("--previous", default=None, help="previous correction (warm start of h)")
-    p.add_argument("--latents-out", required=True)
-    p.add_argument("--stats-out", required=True)
-    p.add_argument("--device", default="auto")
+    p = command("final", cmd_final, "the trained model under fixed names, with the training cost", data=False)
+    p.add_argument("--inputs", nargs="+", required=True, help="ROLE=PATH of the final model's state files")
+    p.add_argument("--reports", nargs="+", required=True, help="every stage report of the run")
+    p.add_argument("--out-dir", required=True)
 
-    p = stage("grid", cmd_grid, "PNG grid of training images, reconstructions and samples")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--latents", required=True)
-    p.add_argument("--count", type=int, default=100)
-    p.add_argument("--out", required=True)
-
-    p = stage("fid-reference", cmd_fid_reference, "Inception statistics of real training images")
+    p = command("fid-reference", cmd_fid_reference, "Inception statistics of real training images", config=False,
+                device=True)
     p.add_argument("--images", type=int, default=None, help="first N training images (default: all)")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--out", required=True)
 
-    p = stage("evaluate", cmd_evaluate, "Table 1 metrics of a run: MSE (train, test), FID, OT cost")
+    model_commands = (
+        ("evaluate", cmd_evaluate, "Table 1 metrics of a model: MSE (train, test), FID, distance to the prior"),
+        ("anomaly", cmd_anomaly, "anomaly AUPRC of a model trained without one digit (Table 2)"),
+        ("grid", cmd_grid, "PNG grid of training images, reconstructions and samples (Fig. 4 layout)"),
+    )
+    for name, func, help_text in model_commands:
+        p = command(name, func, help_text, device=True)
+        p.add_argument("--model", nargs="+", required=True, help="ROLE=PATH of the model's state files")
+        p.add_argument("--test-steps", type=int, default=1, help="Langevin steps of noise-initialised inference")
+        p.add_argument("--batch-size", type=int, default=500)
+        p.add_argument("--out", required=True)
+    p = sub.choices["evaluate"]
     p.add_argument("--iteration", type=int, required=True, help="the iteration evaluated")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--latents", required=True)
-    p.add_argument("--prior", required=True)
+    p.add_argument("--point", default="end", help="the evaluation point of that iteration")
     p.add_argument("--fid-reference", required=True)
     p.add_argument("--fid-samples", type=int, required=True)
-    p.add_argument("--test-steps", type=int, required=True)
+    p.add_argument("--fid-precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--test-images", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-
-    p = stage("anomaly", cmd_anomaly, "anomaly AUPRC of a run trained without one digit (Table 2)")
-    p.add_argument("--model", required=True, help="model key the run belongs to (e.g. ours)")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--test-steps", type=int, required=True)
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
+    p.add_argument("--training", default=None, help="the run's training summary (final/training.json)")
+    sub.choices["anomaly"].add_argument("--model-key", required=True, help="model the run belongs to (e.g. ours)")
+    sub.choices["grid"].add_argument("--count", type=int, default=100)
 
     p = sub.add_parser("table1", help="assemble Table 1 (CSV and Markdown)")
     p.set_defaults(func=cmd_table1)
-    p.add_argument("--metrics", nargs="+", required=True, help="RUN=metrics.json pairs")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics JSON files, one per row")
     p.add_argument("--reference", required=True, help="CSV of the paper's numbers")
     p.add_argument("--csv", required=True)
     p.add_argument("--markdown", required=True)
@@ -302,19 +266,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="per-iteration history CSV of a run (DVC plots)")
     p.set_defaults(func=cmd_history)
-    p.add_argument("--run", help="experiment key (for messages)")
-    p.add_argument("--stats", nargs="+", required=True, help="the run's infer/correct/learn JSON files")
+    p.add_argument("--run", help="run key (for messages)")
+    p.add_argument("--stats", nargs="+", required=True, help="the run's stage reports")
     p.add_argument("--out", required=True)
-    for name in ("infer", "learn", "correct", "train-block"):
-        sub.choices[name].add_argument("--tf32", action="store_true",
-                                       help="TF32 matrix units for CUDA float32 matmuls and convolutions")
+
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml for params.yaml overlaid with a config file")
+    p.set_defaults(func=cmd_dvc_yaml)
+    p.add_argument("--configfile", required=True, help="the overlay, relative to the repository (config/quick.yaml)")
+    p.add_argument("--out", default="dvc.yaml")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "tf32"):  # training stages: IEEE float32 unless asked (PyTorch lets cuDNN use TF32)
-        set_tf32(args.tf32)
+    set_tf32(getattr(args, "tf32", False))  # IEEE float32 unless a training stage asks (cuDNN defaults to TF32)
     try:
         args.func(args)
     except (ConfigError, ValueError, RuntimeError, OSError, FloatingPointError) as exc:  # OSError: disk full, ...

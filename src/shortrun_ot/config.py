@@ -1,9 +1,17 @@
-"""Configuration: params.yaml, its JSON schema, per-run settings and random streams."""
+"""Configuration: params.yaml, its JSON schemas, the settings of every run, random streams.
+
+A run's settings are ``training`` (the protocol every method shares) deep-merged with
+``methods.<method>`` (that method's defaults) and ``runs.<key>``; they are checked against
+``$defs/training`` of ``workflow/schemas/config.schema.yaml`` plus the method's own schema
+(``<method module>.schema.yaml``), with every key required and no other key allowed. Sweeps and
+the anomaly protocol derive further runs from those.
+"""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +32,67 @@ class ConfigError(ValueError):
 def load_schema() -> dict:
     with open(SCHEMA_PATH) as f:
         return yaml.safe_load(f)
+
+
+# ---------------------------------------------------------------- methods and their schemas
+
+
+def method_module(name: str):
+    """The module of method ``name``: ``shortrun_ot.methods.<name>``, or a dotted path of your own."""
+    module_name = name if "." in name else f"shortrun_ot.methods.{name}"
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:  # the method's module exists but one of its imports does not
+            raise
+        from . import methods
+
+        raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(methods.available())} "
+                          "or name a module of your own (a dotted path)") from None
+
+
+def method_class(name: str):
+    """The Method subclass of ``name`` (its module's ``METHOD``)."""
+    module = method_module(name)
+    if not hasattr(module, "METHOD"):
+        raise ConfigError(f"method module {module.__name__} defines no METHOD (the Method subclass it provides)")
+    return module.METHOD
+
+
+def method_schema(name: str) -> dict:
+    """The method's own settings schema: ``<module>.schema.yaml`` beside its module."""
+    path = Path(method_module(name).__file__).with_suffix(".schema.yaml")
+    if not path.is_file():
+        raise ConfigError(f"method {name!r} has no settings schema {path}")
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _complete(schema: dict) -> dict:
+    """``schema`` with every declared property required, recursively (a run must set every key)."""
+    schema = copy.deepcopy(schema)
+    if "properties" in schema:
+        schema["required"] = sorted(schema["properties"])
+        schema.setdefault("additionalProperties", False)
+        for key, sub in schema["properties"].items():
+            if sub.get("type") == "object":
+                schema["properties"][key] = _complete(sub)
+    return schema
+
+
+def run_schema(method: str, complete: bool = True) -> dict:
+    """Schema of a run of ``method``: the shared ``training`` keys, ``method`` and the method's keys."""
+    common = load_schema()["$defs"]["training"]["properties"]
+    own = method_schema(method)
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"method": {"const": method}, **common, **own.get("properties", {})},
+    }
+    return _complete(schema) if complete else schema
+
+
+# ---------------------------------------------------------------- validation
 
 
 def _key_path(error: jsonschema.ValidationError, prefix: str) -> str:
@@ -56,6 +125,141 @@ def deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+def validate_config(config: dict) -> dict[str, dict]:
+    """Check the whole workflow configuration; return the settings of every run.
+
+    Raises ConfigError naming the first bad key: structure first (the top-level schema), then
+    each method's defaults, each run, sweep and anomaly run, then the cross-references.
+    """
+    _check(config, load_schema())
+    for name, defaults in config["methods"].items():
+        _check(defaults, run_schema(name, complete=False), prefix=f"methods.{name}")
+    settings = all_run_settings(config)
+    for key in ("evaluation", "anomaly"):
+        for run in config[key]["runs"]:
+            if run not in config["runs"]:
+                raise ConfigError(f"config key '{key}.runs': {run!r} is not a key of 'runs' ({sorted(config['runs'])})")
+    for run in config["anomaly"]["runs"]:
+        method = settings[run]["method"]
+        if not method_class(method).SCORES_ANOMALIES:
+            raise ConfigError(f"config key 'anomaly.runs': run {run!r} uses method {method!r}, which defines no "
+                              "anomaly score")
+    _check_figures(config, settings)
+    return settings
+
+
+def _check_figures(config: dict, settings: dict) -> None:
+    figures = config["figures"]
+    for name, spec in figures.items():
+        if "run" in spec and spec["run"] not in settings:
+            raise ConfigError(f"config key 'figures.{name}.run': {spec['run']!r} is not a run")
+        if "sweep" in spec and spec["sweep"] not in config["sweeps"]:
+            raise ConfigError(f"config key 'figures.{name}.sweep': {spec['sweep']!r} is not a key of 'sweeps'")
+    if "figure2" in figures and settings[figures["figure2"]["run"]]["latent_dim"] != 2:
+        raise ConfigError("config key 'figures.figure2.run': Fig. 2 draws 2-D latents; give the run latent_dim: 2")
+
+
+# ---------------------------------------------------------------- the runs
+
+
+def run_settings(config: dict, run: str) -> dict:
+    """``training`` deep-merged with ``methods.<method>`` and ``runs[run]``, validated."""
+    if run not in config["runs"]:
+        raise ConfigError(f"unknown run {run!r}; the configuration defines {sorted(config['runs'])}")
+    override = config["runs"][run]
+    method = override["method"]
+    merged = deep_merge(deep_merge(config["training"], config["methods"].get(method, {})), override)
+    _check(merged, run_schema(method), prefix=f"runs.{run}")
+    return merged
+
+
+def set_key(settings: dict, dotted: str, value: Any) -> dict:
+    """A copy of ``settings`` with the dotted key set to ``value`` (the key must exist)."""
+    changed = copy.deepcopy(settings)
+    *parents, last = dotted.split(".")
+    node = changed
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            raise ConfigError(f"'{dotted}' is not a key of the run settings")
+    if last not in node:
+        raise ConfigError(f"'{dotted}' is not a key of the run settings")
+    node[last] = copy.deepcopy(value)
+    return changed
+
+
+def _value_label(value: Any) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+
+
+def sweep_points(config: dict, name: str, settings: dict[str, dict]) -> list[tuple[str, Any, str]]:
+    """(base run, value, run key) of every point of sweep ``name``.
+
+    The run key is ``<base>-<leaf><value>`` (``ours-step_size0.03``) unless a run with exactly
+    those settings exists already, which then serves (``ours`` itself for its own alpha).
+    """
+    sweep = config["sweeps"][name]
+    leaf = sweep["key"].split(".")[-1]
+    points = []
+    for base in sweep["runs"]:
+        if base not in settings:
+            raise ConfigError(f"config key 'sweeps.{name}.runs': {base!r} is not a run")
+        for value in sweep["values"]:
+            try:
+                changed = set_key(settings[base], sweep["key"], value)
+            except ConfigError as exc:
+                raise ConfigError(f"config key 'sweeps.{name}.key': {exc}") from None
+            _check(changed, run_schema(changed["method"]), prefix=f"sweeps.{name} ({base}, {value!r})")
+            same = [key for key, other in settings.items() if other == changed]
+            points.append((base, value, same[0] if same else f"{base}-{leaf}{_value_label(value)}"))
+    return points
+
+
+def anomaly_run(model: str, digit: int, seed: int) -> str:
+    """Run key of one anomaly-protocol run (Table 2)."""
+    return f"{model}-holdout{digit}-seed{seed}"
+
+
+def all_run_settings(config: dict) -> dict[str, dict]:
+    """Settings of every run: the keys of ``runs``, the sweep points and the anomaly runs."""
+    settings = {run: run_settings(config, run) for run in config["runs"]}
+    for name in config["sweeps"]:
+        for base, value, key in sweep_points(config, name, settings):
+            settings.setdefault(key, set_key(settings[base], config["sweeps"][name]["key"], value))
+    anomaly = config["anomaly"]
+    for model in anomaly["runs"]:
+        if model not in settings:
+            continue  # reported by validate_config
+        for digit in anomaly["digits"]:
+            for seed in range(anomaly["seeds"]):
+                key = anomaly_run(model, digit, seed)
+                merged = deep_merge(settings[model], {**anomaly["training"], "heldout_digit": digit, "seed": seed})
+                _check(merged, run_schema(merged["method"]), prefix=f"anomaly ({key})")
+                settings[key] = merged
+    return settings
+
+
+def load_run_settings(path: str | Path) -> dict:
+    """Read and validate a run's ``config.json`` (written by the workflow's ``run_config`` rule)."""
+    try:
+        settings = load_json(path, "run configuration")
+    except (FileNotFoundError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    check_run_settings(settings, str(path))
+    return settings
+
+
+def check_run_settings(settings: dict, where: str) -> None:
+    """Validate a run's complete settings; ``where`` prefixes the key named in the error."""
+    if not isinstance(settings, dict) or not isinstance(settings.get("method"), str):
+        raise ConfigError(f"config key '{where}.method': a run's settings must name its method")
+    _check(settings, run_schema(settings["method"]), prefix=where)
+
+
+# ---------------------------------------------------------------- command-line values
+
+
 def _resolve(schema: dict, root: dict) -> dict:
     """``schema`` with a local ``$ref`` ("#/$defs/...") replaced by its target, siblings kept."""
     while "$ref" in schema:
@@ -80,7 +284,7 @@ def _coerce(value: Any, schema: dict, root: dict) -> Any:
     types = [types] if isinstance(types, str) else types
     if isinstance(value, str) and "string" not in types:
         parsed = _parse_scalar(value)
-        if _has_type(parsed, types):
+        if _has_type(parsed, types) or (not types and parsed is not None and not isinstance(parsed, str)):
             return parsed
     return value
 
@@ -108,90 +312,33 @@ def _has_type(value: Any, types: list[str]) -> bool:
     return value is None and "null" in types
 
 
+def _run_override_schema(method: Any) -> dict:
+    try:
+        return run_schema(method, complete=False) if isinstance(method, str) else {}
+    except ConfigError:
+        return {}
+
+
 def coerce_command_line_values(config: dict) -> dict:
     """``config`` with schema-typed scalars given as strings turned into their types.
 
     Snakemake's ``--config key='{a: 4}'`` parses nested values with YAML's BaseLoader, so every
     nested scalar arrives as a string ('4', 'true', 'null'); where the schema asks for a number,
-    boolean or null, the string is read as YAML. Strings that do not parse to an allowed type are
-    left for validation to reject.
+    boolean or null, the string is read as YAML. Run and method blocks are read with their
+    method's schema; strings that do not parse to an allowed type are left for validation to reject.
     """
     schema = load_schema()
-    return _coerce(config, schema, schema)
+    coerced = _coerce(config, schema, schema)
+    for name, defaults in coerced.get("methods", {}).items():
+        if isinstance(defaults, dict):
+            coerced["methods"][name] = _coerce(defaults, _run_override_schema(name), {})
+    for key, run in coerced.get("runs", {}).items():
+        if isinstance(run, dict):
+            coerced["runs"][key] = _coerce(run, _run_override_schema(run.get("method")), {})
+    return coerced
 
 
-def validate_config(config: dict) -> None:
-    """Check the whole workflow configuration; raise ConfigError naming the first bad key."""
-    schema = load_schema()
-    _check(config, schema)
-    for key in ("evaluation", "anomaly"):
-        for run in config[key]["runs"]:
-            if run not in config["runs"]:
-                raise ConfigError(f"config key '{key}.runs': {run!r} is not a key of 'runs' ({sorted(config['runs'])})")
-    all_run_settings(config, schema)
-
-
-def anomaly_run(model: str, digit: int, seed: int) -> str:
-    """Run key of one anomaly-protocol run (Table 2)."""
-    return f"{model}-holdout{digit}-seed{seed}"
-
-
-def all_run_settings(config: dict, schema: dict | None = None) -> dict[str, dict]:
-    """Settings of every run: the keys of ``runs`` and the anomaly runs derived from ``anomaly``."""
-    schema = schema or load_schema()
-    settings = {run: run_settings(config, run, schema) for run in config["runs"]}
-    anomaly = config["anomaly"]
-    for model in anomaly["runs"]:
-        for digit in anomaly["digits"]:
-            for seed in range(anomaly["seeds"]):
-                merged = deep_merge(settings[model], {**anomaly["training"], "heldout_digit": digit, "seed": seed})
-                key = anomaly_run(model, digit, seed)
-                _check(merged, {"$defs": schema["$defs"], **schema["$defs"]["training"]}, prefix=f"anomaly ({key})")
-                settings[key] = merged
-    return settings
-
-
-def _stage_schema(schema: dict) -> dict:
-    """Schema of the per-iteration settings a stage reads: a training block without ``iterations``."""
-    training = copy.deepcopy(schema["$defs"]["training"])
-    training["required"].remove("iterations")
-    del training["properties"]["iterations"]
-    return {"$defs": schema["$defs"], **training}
-
-
-def run_settings(config: dict, run: str, schema: dict | None = None) -> dict:
-    """The training settings of ``run``: ``training`` deep-merged with ``runs[run]``, validated."""
-    if run not in config["runs"]:
-        raise ConfigError(f"unknown run {run!r}; the configuration defines {sorted(config['runs'])}")
-    settings = deep_merge(config["training"], config["runs"][run] or {})
-    schema = schema or load_schema()
-    _check(settings, {"$defs": schema["$defs"], **schema["$defs"]["training"]}, prefix=f"runs.{run}")
-    return settings
-
-
-def stage_settings(settings: dict) -> dict:
-    """The settings that change what one iteration computes (everything but ``iterations``)."""
-    return {k: v for k, v in settings.items() if k != "iterations"}
-
-
-def load_stage_settings(path: str | Path) -> dict:
-    """Read and validate a run's ``config.json`` (written by the workflow's ``run_config`` rule)."""
-    try:
-        settings = load_json(path, "run configuration")
-    except (FileNotFoundError, ValueError) as exc:
-        raise ConfigError(str(exc)) from None
-    check_stage_settings(settings, str(path))
-    return settings
-
-
-def check_stage_settings(settings: dict, where: str) -> None:
-    """Validate per-iteration settings; ``where`` prefixes the key named in the error."""
-    _check(settings, _stage_schema(load_schema()), prefix=where)
-
-
-def is_correction_iteration(settings: dict, t: int) -> bool:
-    """Alg. 1, line 8: correct when t % L == 0; never when alpha == 0 (plain ABP)."""
-    return settings["correction"]["alpha"] > 0 and t % settings["correction"]["every"] == 0
+# ---------------------------------------------------------------- random streams and devices
 
 
 def dataset_id(settings: dict) -> str:
@@ -221,6 +368,11 @@ def resolve_device(name: str) -> torch.device:
 
 
 def set_tf32(enabled: bool) -> None:
-    """TF32 matrix units for CUDA float32 matmuls and convolutions; off (the default) keeps IEEE float32."""
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    torch.backends.cudnn.allow_tf32 = enabled
+    """TF32 matrix units for CUDA float32 matmuls and convolutions, or IEEE float32 (the default).
+
+    Uses PyTorch's ``fp32_precision`` API throughout (the legacy ``allow_tf32`` flags may not be
+    mixed with it); note that cuDNN convolutions default to TF32 unless set, as here, to "ieee".
+    """
+    precision = "tf32" if enabled else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = precision
+    torch.backends.cudnn.conv.fp32_precision = precision

@@ -1,8 +1,9 @@
 """Per-iteration training history of one run: a CSV with one row per iteration.
 
-The rows come from the stage JSONs that the workflow writes under ``it{t}/`` (``infer.json``,
-``correct.json`` on correction iterations, ``learn.json``). The CSV is what ``dvc plots show``
-draws (training loss, log joint, OT cost) and what the Snakemake report lists.
+The rows come from the stage reports the workflow writes under ``it<t>/`` (``<stage>.json``),
+whatever the method: column ``<stage>.<key>`` holds every number a stage reported (for the
+short-run method e.g. ``infer.latent_fd``, ``correct.cost``, ``learn.loss_last_pass``), empty in
+iterations without that stage. The CSV is what ``dvc plots show`` draws and the report lists.
 """
 
 from __future__ import annotations
@@ -15,90 +16,56 @@ from typing import Iterable
 
 from .io import load_json, save_text
 
-# column -> (stage, key in that stage's JSON)
-COLUMNS: dict[str, tuple[str, str]] = {
-    "log_joint_start": ("infer", "log_joint_start"),
-    "log_joint_end": ("infer", "log_joint_end"),
-    "latent_norm": ("infer", "latent_norm"),
-    "infer_seconds": ("infer", "seconds"),
-    "ot_cost": ("correct", "cost"),
-    "ot_lower_bound": ("correct", "lower_bound"),
-    "ot_unmatched": ("correct", "unmatched"),
-    "correct_seconds": ("correct", "seconds"),
-    "loss_first_pass": ("learn", "loss_first_pass"),
-    "loss_last_pass": ("learn", "loss_last_pass"),
-    "grad_norm": ("learn", "grad_norm"),
-    "learn_seconds": ("learn", "seconds"),
-}
-HEADER = ["iteration", "corrected", *COLUMNS]
-STAGES = ("infer", "correct", "learn")
-
-
-def _load(path: Path) -> dict:
-    stats = load_json(path, "stage statistics file")
-    if not isinstance(stats, dict):
-        raise ValueError(f"stage statistics {path} are not a JSON object")
-    return stats
-
-
-def _stage_of(path: Path, stats: dict) -> str:
-    stage = stats.get("stage") or path.stem
-    if stage not in STAGES:
-        raise ValueError(f"{path}: unknown stage {stage!r} (expected one of {', '.join(STAGES)})")
-    return stage
+SKIPPED = {"iteration", "threads"}  # reported by every stage, not a measurement
 
 
 def _number(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     if isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, float) and not math.isfinite(value):
-        return ""
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def history_rows(stats_files: Iterable[str | Path]) -> list[dict[str, str]]:
-    """One row per iteration from the given stage JSONs (any order).
-
-    Every iteration needs an ``infer`` and a ``learn`` record; ``correct`` is optional (only
-    correction iterations have one) and leaves the OT columns empty when absent.
-    """
+def history_rows(stats_files: Iterable[str | Path]) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows): one row per iteration from the given stage reports (any order)."""
     by_iteration: dict[int, dict[str, dict]] = {}
+    columns: dict[str, None] = {}
     for path in map(Path, stats_files):
-        stats = _load(path)
-        stage = _stage_of(path, stats)
-        if "iteration" not in stats:
-            raise ValueError(f"{path}: no 'iteration' field")
+        stats = load_json(path, "stage report")
+        if not isinstance(stats, dict) or "iteration" not in stats or "stage" not in stats:
+            raise ValueError(f"stage report {path} is not a JSON object with 'stage' and 'iteration'")
         stages = by_iteration.setdefault(int(stats["iteration"]), {})
-        if stage in stages:
-            raise ValueError(f"{path}: a second {stage} record for iteration {stats['iteration']}")
-        stages[stage] = stats
+        if stats["stage"] in stages:
+            raise ValueError(f"{path}: a second {stats['stage']} report for iteration {stats['iteration']}")
+        stages[stats["stage"]] = stats
+        for key, value in stats.items():
+            if key not in SKIPPED and isinstance(value, (int, float)) and not isinstance(value, bool):
+                columns[f"{stats['stage']}.{key}"] = None
+    header = ["iteration", "stages", *columns]
     rows = []
     for t in sorted(by_iteration):
         stages = by_iteration[t]
-        missing = [s for s in ("infer", "learn") if s not in stages]
-        if missing:
-            raise ValueError(f"iteration {t}: no {' or '.join(missing)} statistics among the inputs")
-        row = {"iteration": str(t), "corrected": "1" if "correct" in stages else "0"}
-        for column, (stage, key) in COLUMNS.items():
+        row = {"iteration": str(t), "stages": " ".join(stages)}
+        for column in columns:
+            stage, key = column.split(".", 1)
             row[column] = _number(stages.get(stage, {}).get(key))
         rows.append(row)
-    return rows
+    return header, rows
 
 
-def history_csv(rows: list[dict[str, str]]) -> str:
+def history_csv(header: list[str], rows: list[dict[str, str]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HEADER, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
 def write_history(stats_files: Iterable[str | Path], out: str | Path) -> list[dict[str, str]]:
-    """Write the history CSV of the given stage JSONs to ``out`` (atomically); return its rows."""
-    rows = history_rows(stats_files)
+    """Write the history CSV of the given stage reports to ``out`` (atomically); return its rows."""
+    header, rows = history_rows(stats_files)
     if not rows:
-        raise ValueError("no stage statistics given")
-    save_text(history_csv(rows), out)
+        raise ValueError("no stage reports given")
+    save_text(history_csv(header, rows), out)
     return rows

@@ -1,14 +1,16 @@
-"""Where a run's files live: ``<run_dir>/it<t>/{inferred,corrected,checkpoint}.pt`` and stage JSONs.
+"""Where a run's files live: ``<run_dir>/it<t>/<stage>.pt`` (+ ``.pt.json`` manifest, ``.json`` report).
 
-One naming convention for the Snakemake rules (``workflow/rules/common.smk``) and for the
-stages that run a block of iterations in one process (``pipeline.train_block``).
+One naming convention for the Snakemake rules (``workflow/rules/common.smk``) and for the block
+jobs that run several iterations in one process (``pipeline.train_block``); it knows nothing of
+any method beyond what the method's schedule (``Method.stages``, ``Method.inputs``) says.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .config import is_correction_iteration
+from .io import manifest_path
+from .methods.base import Method, StageRef
 
 
 def iteration_dir(run_dir: str | Path, t: int) -> Path:
@@ -16,48 +18,68 @@ def iteration_dir(run_dir: str | Path, t: int) -> Path:
     return Path(run_dir) / f"it{int(t):04d}"
 
 
-def checkpoint_of(run_dir: str | Path, t: int) -> Path:
-    return iteration_dir(run_dir, t) / "checkpoint.pt"
+def state_file(run_dir: str | Path, ref: StageRef) -> Path:
+    """The state a stage writes: ``it<t>/<stage>.pt``."""
+    return iteration_dir(run_dir, ref.iteration) / f"{ref.stage}.pt"
 
 
-def latents_after(run_dir: str | Path, settings: dict, t: int) -> Path:
-    """The latents iteration t hands on: corrected on correction iterations, else inferred."""
-    t = int(t)
-    if t == 0:
-        return iteration_dir(run_dir, 0) / "latents.pt"
-    name = "corrected" if is_correction_iteration(settings, t) else "inferred"
-    return iteration_dir(run_dir, t) / f"{name}.pt"
+def report_file(run_dir: str | Path, ref: StageRef) -> Path:
+    """What a stage measured: ``it<t>/<stage>.json``."""
+    return iteration_dir(run_dir, ref.iteration) / f"{ref.stage}.json"
 
 
-def prior_of(run_dir: str | Path) -> Path:
-    """The run's fixed prior sample {z_j} of Alg. 1 (the OT targets)."""
-    return Path(run_dir) / "prior.pt"
+def report_of(state: str | Path) -> Path:
+    """The report beside a state file (``infer.pt`` -> ``infer.json``)."""
+    return Path(state).with_suffix(".json")
 
 
-def stages_of(settings: dict, t: int) -> list[str]:
-    """The stages iteration t >= 1 runs (Alg. 1): correction only when t % L == 0 and alpha > 0."""
-    return ["infer", "correct", "learn"] if is_correction_iteration(settings, t) else ["infer", "learn"]
+def stage_files(run_dir: str | Path, ref: StageRef) -> list[Path]:
+    """The three files one stage writes: state, its manifest, its report."""
+    state = state_file(run_dir, ref)
+    return [state, manifest_path(state), report_file(run_dir, ref)]
 
 
-def stage_outputs(run_dir: str | Path, stage: str, t: int) -> dict[str, Path]:
-    """The files one stage of iteration t writes (the checkpoint's manifest included)."""
-    directory = iteration_dir(run_dir, t)
-    if stage == "infer":
-        return {"latents": directory / "inferred.pt", "stats": directory / "infer.json"}
-    if stage == "correct":
-        return {"latents": directory / "corrected.pt", "stats": directory / "correct.json"}
-    if stage == "learn":
-        return {"checkpoint": directory / "checkpoint.pt", "manifest": directory / "checkpoint.pt.json",
-                "stats": directory / "learn.json"}
-    raise ValueError(f"unknown stage {stage!r}")
+def iteration_refs(method: Method, t: int) -> list[StageRef]:
+    return [StageRef(t, stage) for stage in method.stages(t)]
 
 
-def iteration_outputs(run_dir: str | Path, settings: dict, t: int) -> list[Path]:
-    """Every file iteration t >= 1 writes, in stage order."""
-    return [path for stage in stages_of(settings, t) for path in stage_outputs(run_dir, stage, t).values()]
+def input_files(run_dir: str | Path, method: Method, stage: str, t: int) -> dict[str, Path]:
+    """Role -> state file that ``stage`` of iteration t reads."""
+    return {role: state_file(run_dir, ref) for role, ref in method.inputs(stage, t).items()}
 
 
-def previous_correction(run_dir: str | Path, settings: dict, t: int) -> Path | None:
-    """The correction before the one at t (its dual vector h warm-starts Alg. 2), if any."""
-    before = t - settings["correction"]["every"]
-    return iteration_dir(run_dir, before) / "corrected.pt" if before > 0 else None
+def reports(run_dir: str | Path, method: Method, last: int) -> list[Path]:
+    """The report of every stage of iterations 1..last."""
+    return [report_file(run_dir, ref) for t in range(1, last + 1) for ref in iteration_refs(method, t)]
+
+
+def block_outputs(run_dir: str | Path, method: Method, first: int, last: int) -> list[Path]:
+    """Every file iterations first..last write, in stage order."""
+    return [path for t in range(first, last + 1) for ref in iteration_refs(method, t)
+            for path in stage_files(run_dir, ref)]
+
+
+def block_inputs(run_dir: str | Path, method: Method, first: int, last: int) -> list[Path]:
+    """The state files from before ``first`` that the stages of iterations first..last read."""
+    needed = {ref for t in range(first, last + 1) for stage in method.stages(t)
+              for ref in method.inputs(stage, t).values() if ref.iteration < first}
+    return [state_file(run_dir, ref) for ref in sorted(needed, key=lambda r: (r.iteration, r.stage))]
+
+
+def final_dir(run_dir: str | Path) -> Path:
+    """``<run_dir>/final``: the trained model under fixed names (what DVC tracks and evaluation reads)."""
+    return Path(run_dir) / "final"
+
+
+def final_files(run_dir: str | Path, method: Method) -> dict[str, Path]:
+    """Role -> ``final/<role>.pt`` of the model after the last iteration."""
+    roles = method.evaluation_points(method.iterations)["end"]
+    return {role: final_dir(run_dir) / f"{role}.pt" for role in roles}
+
+
+def point_files(run_dir: str | Path, method: Method, t: int, point: str) -> dict[str, Path]:
+    """Role -> state file of evaluation point ``point`` of iteration t."""
+    points = method.evaluation_points(t)
+    if point not in points:
+        raise ValueError(f"iteration {t} has no evaluation point {point!r} (it has {', '.join(points)})")
+    return {role: state_file(run_dir, ref) for role, ref in points[point].items()}

@@ -1,7 +1,9 @@
-"""Learning step: maximise log p(I, z) (Eq. 5) over theta with Adam on the (z, I) pairs (Alg. 1, line 13)."""
+"""Learning: Adam on the (z, I) pairs of the short-run method (Eq. 5; Alg. 1, line 13), and one epoch of
+minibatch Adam on any per-batch loss (the encoder-based methods)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -14,9 +16,9 @@ def reconstruction_loss(generator: nn.Module, z: torch.Tensor, images: torch.Ten
     return (images - generator(z)).flatten(1).pow(2).sum(1).mean() / (2 * sigma**2)
 
 
-def make_optimizer(generator: nn.Module, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
-    """Adam with the supplementary's betas (0.5, 0.99)."""
-    return torch.optim.Adam(generator.parameters(), lr=lr, betas=(beta1, beta2))
+def make_optimizer(module: nn.Module, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
+    """Adam over the parameters of ``module`` (the short-run method uses the supplementary's betas 0.5, 0.99)."""
+    return torch.optim.Adam(module.parameters(), lr=lr, betas=(beta1, beta2))
 
 
 @dataclass
@@ -71,3 +73,33 @@ def learn(
         passes=passes,
         updates=updates,
     )
+
+
+def train_epoch(modules: nn.Module, optimizer: torch.optim.Optimizer, data: torch.Tensor, batch_loss, *,
+                batch_size: int, rng: torch.Generator, device, progress: bool = False,
+                desc: str = "epoch") -> dict[str, float]:
+    """One shuffled pass of Adam over ``data``; ``batch_loss(batch) -> (loss, {name: value})``.
+
+    Returns the mean loss and the mean of each named value over the examples, checked for
+    finiteness. ``rng`` orders the minibatches; any other randomness (reparameterisation noise)
+    is the caller's, drawn from its own seeded stream.
+    """
+    modules.train()
+    n = len(data)
+    order = torch.randperm(n, generator=rng)
+    totals: dict[str, float] = {}
+    bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, unit_scale=True)
+    for lo in range(0, n, batch_size):
+        batch = data[order[lo:lo + batch_size]].to(device)
+        loss, values = batch_loss(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for name, value in {"loss": loss, **values}.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * len(batch)
+        bar.update(len(batch))
+    bar.close()
+    means = {name: total / n for name, total in totals.items()}
+    if not all(map(math.isfinite, means.values())):
+        raise FloatingPointError(f"the training loss became non-finite ({means}); lower the learning rate")
+    return means

@@ -1,4 +1,5 @@
-"""Top-down generators g(z) of the paper's Table 7 (supplementary Table 1).
+"""Networks: the top-down generators g(z) of the paper's Table 7 (supplementary Table 1), the
+encoders that mirror them (for the encoder-based baselines), and small MLPs.
 
 The model is I = g(z) + eps, eps ~ N(0, sigma^2 I), z ~ N(0, I_d) (Sec. 3, Eq. 1).
 Images live on the [-1, 1] scale (Tanh output).
@@ -15,6 +16,14 @@ ARCHITECTURES = {
     "svhn": {"image_shape": (3, 32, 32), "latent_dim": 64},
     "celeba": {"image_shape": (3, 64, 64), "latent_dim": 64},
 }
+
+
+#: The architecture (Table 7 column) of each dataset.
+ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist"}
+
+
+def architecture_of(dataset: str) -> str:
+    return ARCHITECTURE_OF_DATASET[dataset]
 
 
 def _up(in_ch: int, out_ch: int) -> list[nn.Module]:
@@ -77,11 +86,85 @@ def build_generator(architecture: str, latent_dim: int) -> nn.Module:
         model = DcganGenerator(latent_dim, base=128, start=4, doublings=4)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    return _xavier_normal(model)
+
+
+class MnistEncoder(nn.Module):
+    """The MNIST generator mirrored: Conv 2x2/2 64 -> Conv 2x2/2 128 -> Linear 1024 -> Linear ``outputs``.
+
+    Batch norm and ReLU after every layer but the last, as in the generator.
+    """
+
+    def __init__(self, outputs: int, channels: int = 1):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, 64, 2, stride=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 2, stride=2),
+            nn.BatchNorm2d(128),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(7 * 7 * 128, 1024),
+            nn.BatchNorm1d(1024),
+            nn.ReLU(),
+            nn.Linear(1024, outputs),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+class DcganEncoder(nn.Module):
+    """A DCGAN generator mirrored: 5x5 stride-2 convolutions (BN + ReLU after all but the first),
+    then a convolution over the last ``start`` x ``start`` map to ``outputs`` channels."""
+
+    def __init__(self, outputs: int, base: int, start: int, doublings: int, channels: int = 3):
+        super().__init__()
+        width = base
+        layers: list[nn.Module] = [nn.Conv2d(channels, width, 5, stride=2, padding=2), nn.ReLU()]
+        for _ in range(doublings - 1):
+            layers += [nn.Conv2d(width, width * 2, 5, stride=2, padding=2), nn.BatchNorm2d(width * 2), nn.ReLU()]
+            width *= 2
+        layers += [nn.Conv2d(width, outputs, start), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def _xavier_normal(model: nn.Module) -> nn.Module:
+    """Xavier-normal weights and zero biases for every linear and (transposed) convolution (supp. Sec. C)."""
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.ConvTranspose2d)):
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
             nn.init.xavier_normal_(module.weight)
             nn.init.zeros_(module.bias)
     return model
+
+
+def build_encoder(architecture: str, outputs: int) -> nn.Module:
+    """The encoder that mirrors the Table 7 generator of ``architecture``, with ``outputs`` outputs."""
+    if architecture == "mnist":
+        model = MnistEncoder(outputs, channels=ARCHITECTURES["mnist"]["image_shape"][0])
+    elif architecture == "svhn":
+        model = DcganEncoder(outputs, base=64, start=2, doublings=4)
+    elif architecture == "celeba":
+        model = DcganEncoder(outputs, base=128, start=4, doublings=4)
+    else:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    return _xavier_normal(model)
+
+
+def mlp(sizes: list[int], activation=nn.ReLU, batch_norm: bool = False) -> nn.Sequential:
+    """Fully connected layers of the given sizes; ``activation`` (and batch norm) between them."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(n_out))
+            layers.append(activation())
+    return nn.Sequential(*layers)
 
 
 class frozen_batchnorm_statistics:

@@ -1,19 +1,19 @@
-"""The three stages of one training iteration (Alg. 1) as functions from files to files.
+"""Running a method's stages on files: one stage per process, or a block of iterations in one process.
 
-Iteration t reads iteration t-1's checkpoint and latents and writes its own:
-``inferred.pt`` (inference), ``corrected.pt`` (correction, only when t % L == 0),
-``checkpoint.pt`` (learning), each with a JSON of what the stage measured.
-Iteration 0 holds the Xavier-initialised generator and the initial latents z ~ N(0, I).
+A stage reads the state files its method names (``Method.inputs``), each checked against its
+SHA-256 manifest before it is unpickled, computes, and writes its state atomically with a new
+manifest, then its report (``<stage>.json``): what the method measured, plus ``method``,
+``device``, ``compute_seconds`` (the stage's arithmetic), ``seconds`` (loading and saving
+included) and, for a process's first stage, ``startup_seconds`` (process start to its first
+batch: imports, CUDA start-up, loading).
 
-``infer``, ``correct`` and ``learn_stage`` run one stage per process; ``train_block`` runs
-iterations first..last in one process and writes the same files, bit for bit (README,
-"Performance"). Stage JSONs carry ``compute_seconds`` (the stage's arithmetic) beside
-``seconds`` (loading and saving included) and, for a process's first stage,
-``startup_seconds`` (process start to its first batch: imports, CUDA start-up, loading).
+``train_block`` runs iterations first..last in one process, keeping the states in memory, and
+writes the same files, bit for bit (README, "Performance").
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -21,14 +21,10 @@ import psutil
 import torch
 
 from . import data, layout
-from .config import stage_rng
+from .config import method_class
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
-from .langevin import short_run_inference
-from .learning import learn, make_optimizer
-from .models import build_generator, frozen_batchnorm_statistics
-from .ot import transport_correction
-
-ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist"}
+from .methods.base import Method, StageContext, StageRef, StateFile
+from .models import architecture_of
 
 
 def process_age() -> float:
@@ -36,273 +32,167 @@ def process_age() -> float:
     return time.time() - psutil.Process().create_time()
 
 
-def load_training_images(path: str | Path, settings: dict) -> torch.Tensor:
-    """The run's training images on the [-1, 1] scale (the first ``train_images`` of them)."""
-    images = data.load_prepared(path, "train")
-    limit = settings["train_images"]
+def build_method(settings: dict) -> Method:
+    return method_class(settings["method"])(settings)
+
+
+def select_images(images: torch.Tensor, labels: torch.Tensor | None, settings: dict, limit: int | None):
+    """The images of the run's ``classes`` (all when null), then the first ``limit`` of them."""
+    if settings["classes"] is not None:
+        if labels is None:
+            raise ValueError("config key 'classes': this dataset file has no labels to select classes by")
+        keep = torch.isin(labels, torch.tensor(settings["classes"]))
+        images, labels = images[keep], labels[keep]
     if limit is not None:
         if limit > len(images):
-            raise ValueError(f"config key 'train_images': {limit} exceeds the {len(images)} images in {path}")
+            raise ValueError(f"config key 'train_images': {limit} exceeds the {len(images)} images available")
         images = images[:limit]
-    return images
+        labels = labels[:limit] if labels is not None else None
+    return images, labels
 
 
-def new_generator(settings: dict) -> torch.nn.Module:
-    return build_generator(ARCHITECTURE_OF_DATASET[settings["dataset"]], settings["latent_dim"])
+def load_training_images(path: str | Path, settings: dict, with_labels: bool = False):
+    """The run's training images on the [-1, 1] scale (its classes, the first ``train_images`` of them)."""
+    prepared = data.read_prepared(path)
+    images = data.to_model_scale(prepared["train_images"])
+    images, labels = select_images(images, prepared.get("train_labels"), settings, settings["train_images"])
+    return (images, labels) if with_labels else images
 
 
-def save_checkpoint(path: str | Path, generator, optimizer, settings: dict, iteration: int) -> None:
-    """Write the checkpoint atomically, then its manifest ``checkpoint.pt.json`` (SHA-256, size)."""
-    architecture = ARCHITECTURE_OF_DATASET[settings["dataset"]]
-    save_tensors(
-        {
-            "model": generator.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "architecture": architecture,
-            "latent_dim": settings["latent_dim"],
-            "iteration": iteration,
-        },
-        path,
-    )
-    write_manifest(path, architecture=architecture, latent_dim=settings["latent_dim"], iteration=iteration)
+def load_test_images(path: str | Path, settings: dict, limit: int | None = None):
+    """The run's test images ([-1, 1]) and their labels (or anomaly flags), at most ``limit`` of them."""
+    prepared = data.read_prepared(path)
+    labels = prepared.get("test_is_anomaly", prepared.get("test_labels"))
+    images = data.to_model_scale(prepared["test_images"])
+    if settings["classes"] is not None and "test_is_anomaly" in prepared:
+        raise ValueError("config key 'classes' cannot be combined with the anomaly protocol ('heldout_digit')")
+    return select_images(images, labels, settings, limit)
 
 
-def load_checkpoint(path: str | Path, settings: dict, device: torch.device, with_optimizer: bool = False):
-    """The generator (and, for learning, its Adam state) from ``path``, checked against the configuration.
+def _identity(settings: dict) -> tuple:
+    return settings["method"], architecture_of(settings["dataset"]), settings["latent_dim"]
 
-    The file must match the SHA-256 of its manifest and hold the configured architecture.
-    Returns the generator, or (generator, optimizer) with ``with_optimizer``; building Adam imports
-    torch._dynamo (about 2 s), which the other stages do without.
-    """
+
+def load_state(path: str | Path, settings: dict) -> StateFile:
+    """A state file, checked against its manifest and against the run's method, architecture and latent size."""
     remedy = (f"delete {path} and {manifest_path(path)} and rerun the same Snakemake command "
-              "(it recomputes that iteration and the ones after it)")
-    verify_manifest(path, "checkpoint", remedy)
-    state = load_tensors(path, "checkpoint")
-    if not isinstance(state, dict) or not {"model", "optimizer"} <= set(state):
-        raise ValueError(f"checkpoint {path} is not a checkpoint of this workflow (no 'model'/'optimizer'); {remedy}")
-    expected = (ARCHITECTURE_OF_DATASET[settings["dataset"]], settings["latent_dim"])
-    found = (state.get("architecture"), state.get("latent_dim"))
-    if found != expected:
+              "(it recomputes that stage and the ones after it)")
+    manifest = verify_manifest(path, "state file", remedy)
+    found = (manifest.get("method"), manifest.get("architecture"), manifest.get("latent_dim"))
+    if found != _identity(settings):
         raise ValueError(
-            f"checkpoint {path} holds architecture/latent_dim {found}, but the configuration asks for {expected}; "
-            "delete the run's directory or fix 'dataset'/'latent_dim'"
+            f"state file {path} holds method/architecture/latent_dim {found}, but the configuration asks for "
+            f"{_identity(settings)}; delete the run's directory or fix 'method'/'dataset'/'latent_dim'"
         )
-    generator = new_generator(settings).to(device)
-    try:
-        generator.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"checkpoint {path} does not fit the configured generator ({first}); {remedy}") from None
-    if not with_optimizer:
-        return generator
-    learning = settings["learning"]
-    optimizer = make_optimizer(generator, learning["lr"], learning["beta1"], learning["beta2"])
-    try:
-        optimizer.load_state_dict(state["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"checkpoint {path} holds an optimizer state that does not fit ({exc}); {remedy}") from None
-    return generator, optimizer
+    state = load_tensors(path, "state file")
+    if not isinstance(state, dict):
+        raise ValueError(f"state file {path} is not a state of this workflow; {remedy}")
+    return StateFile(state, path)
 
 
-def load_latents(path: str | Path, n: int | None, dim: int | None = None) -> torch.Tensor:
-    """Finite latent tensor (n, d) stored under key ``latents``; its length must match the dataset (``n``)."""
-    remedy = f"delete {path} and rerun the same Snakemake command (it recomputes the file)"
-    state = load_tensors(path, "latents file")
-    latents = state.get("latents") if isinstance(state, dict) else None
-    if not isinstance(latents, torch.Tensor) or latents.dim() != 2:
-        raise ValueError(f"latents file {path} holds no (n, d) tensor under 'latents'; {remedy}")
-    if n is not None and latents.shape[0] != n:
-        raise ValueError(
-            f"latents file {path} holds {latents.shape[0]} latents but the dataset has {n} images; the file "
-            f"belongs to other 'dataset'/'train_images' settings: {remedy}, or fix the configuration"
-        )
-    if dim is not None and latents.shape[1] != dim:
-        raise ValueError(
-            f"latents file {path} holds {latents.shape[1]}-dimensional latents but 'latent_dim' is {dim}; {remedy}"
-        )
-    if not torch.isfinite(latents).all():
-        raise ValueError(f"latents file {path} holds non-finite values; {remedy}")
-    return latents
+def save_state(state: dict, path: str | Path, settings: dict, ref: StageRef) -> None:
+    """Write a state atomically, then its manifest (SHA-256, size, what wrote it)."""
+    method, architecture, latent_dim = _identity(settings)
+    save_tensors(state, path)
+    write_manifest(path, method=method, architecture=architecture, latent_dim=latent_dim,
+                   iteration=ref.iteration, stage=ref.stage)
 
 
-def initialise(settings: dict, data_path: str | Path, checkpoint_out: str | Path, latents_out: str | Path,
-               prior_out: str | Path) -> dict:
-    """Iteration 0: Xavier-normal generator, initial latents and the fixed prior sample {z_j} of Alg. 1."""
-    n = len(load_training_images(data_path, settings))
-    seed = settings["seed"]
-    torch.manual_seed(stage_rng(seed, 0, "model").initial_seed())
-    generator = new_generator(settings)
-    learning = settings["learning"]
-    optimizer = make_optimizer(generator, learning["lr"], learning["beta1"], learning["beta2"])
-    shape = (n, settings["latent_dim"])
-    save_tensors({"latents": torch.randn(shape, generator=stage_rng(seed, 0, "latents"))}, latents_out)
-    save_tensors({"latents": torch.randn(shape, generator=stage_rng(seed, 0, "prior"))}, prior_out)
-    save_checkpoint(checkpoint_out, generator, optimizer, settings, 0)
-    return {"iteration": 0, "images": n, "parameters": sum(p.numel() for p in generator.parameters())}
-
-
-def _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, progress):
-    """K-step short-run Langevin (Eq. 7) for every image, persistent or noise-initialised: (z, report)."""
-    langevin = settings["langevin"]
-    if langevin["persistent"]:
-        z0 = z_prev
-    else:
-        z0 = torch.randn((len(images), settings["latent_dim"]), generator=stage_rng(settings["seed"], iteration, "init"))
-    start = time.perf_counter()
-    generator.train()
-    with frozen_batchnorm_statistics(generator):
-        z, stats = short_run_inference(
-            generator, images, z0, steps=langevin["steps"], step_size=langevin["step_size"],
-            sigma=settings["sigma"], batch_size=settings["batch_size"],
-            rng=stage_rng(settings["seed"], iteration, "langevin"), device=device, progress=progress,
-            backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph,
-        )
-    measured = {k: v for k, v in vars(stats).items() if v is not None}  # "backoff" only when it fired
-    return z, {"stage": "infer", "iteration": iteration, **measured, "compute_seconds": time.perf_counter() - start}
-
-
-def _correct(settings, iteration, z, targets, init_h, device, progress):
-    """OT assignment to the prior sample (Alg. 2), then Eq. (10): (file state, report).
-
-    The state holds the corrected latents under ``latents``, the dual vector ``h`` and ``target_index``.
-    """
-    ot = settings["correction"]
-    start = time.perf_counter()
-    corrected, result = transport_correction(
-        z, targets, ot["alpha"], eps=ot["eps"], max_iter=ot["max_iter"], repair=ot["repair"],
-        init_h=init_h, device=device, seed=settings["seed"] + iteration, progress=progress,
-    )
-    state = {"latents": corrected, "h": result.h.cpu(), "target_index": result.target_index.cpu()}
-    report = {"stage": "correct", "iteration": iteration, "alpha": ot["alpha"], **result.summary(),
-              "compute_seconds": time.perf_counter() - start}
-    return state, report
-
-
-def _learn(settings, iteration, images, generator, optimizer, z, device, progress):
-    """L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13), checked for finiteness: the report."""
-    start = time.perf_counter()
-    torch.manual_seed(stage_rng(settings["seed"], iteration, "torch").initial_seed())
-    stats = learn(
-        generator, optimizer, images, z, passes=settings["learning"]["passes"], batch_size=settings["batch_size"],
-        sigma=settings["sigma"], rng=stage_rng(settings["seed"], iteration, "shuffle"), device=device,
-        progress=progress,
-    )
-    losses = torch.tensor([stats.loss_first_pass, stats.loss_last_pass, stats.grad_norm])
-    if not torch.isfinite(losses).all():  # the loss is >= 0, so one non-finite batch makes its pass non-finite
-        raise FloatingPointError(
-            f"the learning loss became non-finite (first pass {stats.loss_first_pass}, last pass "
-            f"{stats.loss_last_pass}, mean gradient norm {stats.grad_norm})"
-        )
-    if not all(torch.isfinite(p).all() for p in generator.parameters()):
-        raise FloatingPointError("generator parameters became non-finite")
-    return {"stage": "learn", "iteration": iteration, **vars(stats), "compute_seconds": time.perf_counter() - start}
-
-
-def _load_previous_h(previous, n: int) -> torch.Tensor | None:
-    """The dual vector h of the previous correction (warm start of Alg. 2), checked."""
-    if not previous:
-        return None
-    state = load_tensors(previous, "previous correction")
-    if not isinstance(state, dict) or not isinstance(state.get("h"), torch.Tensor) or len(state["h"]) != n:
-        raise ValueError(
-            f"previous correction {previous} holds no dual vector 'h' of length {n}; delete it and rerun "
-            "the same Snakemake command"
-        )
-    return state["h"]
-
-
-def _save_report(report: dict, started: float, startup: float | None, stats_out) -> dict:
-    """Add the stage's wall ``seconds`` (and the process's ``startup_seconds``), then write its JSON."""
-    report["seconds"] = time.perf_counter() - started
+def _save_report(report: dict, ref: StageRef, settings: dict, ctx: StageContext, started: float, compute: float,
+                 startup: float | None, path) -> dict:
+    report = {"stage": ref.stage, "iteration": ref.iteration, "method": settings["method"], **report,
+              "images": len(ctx.images), "device": str(ctx.device), "threads": torch.get_num_threads(), "compute_seconds": compute,
+              "seconds": time.perf_counter() - started}
     if startup is not None:
         report["startup_seconds"] = startup
-    save_json(report, stats_out)
+    save_json(report, path)
     return report
 
 
-def infer(settings: dict, iteration: int, data_path, checkpoint, latents, latents_out, stats_out,
-          device: torch.device, progress: bool = False, cuda_graph: bool = False) -> dict:
-    """Inference stage: K-step short-run Langevin (Eq. 7), persistent or noise-initialised."""
+def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path], data_path, state_out,
+              device: torch.device, progress: bool = False, cuda_graph: bool = False) -> dict:
+    """One stage in this process: load its inputs, compute, write its state, manifest and report."""
     started = time.perf_counter()
-    images = load_training_images(data_path, settings)
-    generator = load_checkpoint(checkpoint, settings, device)
-    z_prev = load_latents(latents, len(images), settings["latent_dim"]) if settings["langevin"]["persistent"] else None
+    method = build_method(settings)
+    expected = set(method.inputs(ref.stage, ref.iteration)) if ref.stage in method.stages(ref.iteration) else set()
+    if set(input_paths) != expected:
+        raise ValueError(f"stage {ref.stage} of iteration {ref.iteration} reads {sorted(expected)}, "
+                         f"got {sorted(input_paths)}")
+    ctx = StageContext(load_training_images(data_path, settings), device, progress, cuda_graph)
+    inputs = {role: load_state(path, settings) for role, path in input_paths.items()}
     startup = process_age()
-    z, report = _infer(settings, iteration, images, generator, z_prev, device, cuda_graph, progress)
-    save_tensors({"latents": z}, latents_out)
-    _save_report(report, started, startup, stats_out)
-    return report
-
-
-def correct(settings: dict, iteration: int, latents, prior, previous, latents_out, stats_out,
-            device: torch.device, progress: bool = False) -> dict:
-    """Correction stage: OT assignment to the prior sample (Alg. 2), then Eq. (10).
-
-    ``previous`` is the last correction's output, whose dual vector h warm-starts this one.
-    """
-    started = time.perf_counter()
-    z = load_latents(latents, None, settings["latent_dim"])
-    targets = load_latents(prior, len(z), settings["latent_dim"])
-    init_h = _load_previous_h(previous, len(z))
-    startup = process_age()
-    state, report = _correct(settings, iteration, z, targets, init_h, device, progress)
-    save_tensors(state, latents_out)
-    _save_report(report, started, startup, stats_out)
-    return report
-
-
-def learn_stage(settings: dict, iteration: int, data_path, checkpoint, latents, checkpoint_out, stats_out,
-                device: torch.device, progress: bool = False) -> dict:
-    """Learning stage: L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13)."""
-    started = time.perf_counter()
-    images = load_training_images(data_path, settings)
-    generator, optimizer = load_checkpoint(checkpoint, settings, device, with_optimizer=True)
-    z = load_latents(latents, len(images), settings["latent_dim"])
-    startup = process_age()
-    report = _learn(settings, iteration, images, generator, optimizer, z, device, progress)
-    save_checkpoint(checkpoint_out, generator, optimizer, settings, iteration)
-    _save_report(report, started, startup, stats_out)
-    return report
+    compute_start = time.perf_counter()
+    state, report = method.run(ref.stage, ref.iteration, inputs, ctx)
+    compute = time.perf_counter() - compute_start
+    save_state(state, state_out, settings, ref)
+    return _save_report(report, ref, settings, ctx, started, compute, startup, layout.report_of(state_out))
 
 
 def train_block(settings: dict, run_dir, first: int, last: int, data_path, device: torch.device,
                 progress: bool = False, cuda_graph: bool = False) -> list[dict]:
-    """Iterations first..last in one process, writing every iteration's files as the stages do.
+    """Iterations first..last in one process, writing every stage's files as the per-stage jobs do.
 
-    The generator, its Adam state, the images and the latents stay in memory between
-    iterations; each file is written as soon as its stage ends, so an interrupted block keeps
-    its finished iterations on disk. The files equal those of one process per stage, bit for bit.
+    The states stay in memory between stages (each stage gets its own copy, so none can change
+    another's); every file is written as soon as its stage ends, so an interrupted block keeps its
+    finished stages on disk. The files equal those of one process per stage, bit for bit.
     """
     if not 1 <= first <= last:
         raise ValueError(f"a block needs 1 <= first <= last, got {first}..{last}")
     started = time.perf_counter()
-    images = load_training_images(data_path, settings).to(device)
-    generator, optimizer = load_checkpoint(layout.checkpoint_of(run_dir, first - 1), settings, device,
-                                           with_optimizer=True)
-    z = load_latents(layout.latents_after(run_dir, settings, first - 1), len(images), settings["latent_dim"])
-    targets = h = None
+    method = build_method(settings)
+    ctx = StageContext(load_training_images(data_path, settings).to(device), device, progress, cuda_graph)
+    cache = {path: load_state(path, settings) for path in layout.block_inputs(run_dir, method, first, last)}
     startup = process_age()
     reports = []
     for t in range(first, last + 1):
-        stage_start = time.perf_counter()
-        z, report = _infer(settings, t, images, generator, z, device, cuda_graph, progress)
-        outputs = layout.stage_outputs(run_dir, "infer", t)
-        save_tensors({"latents": z}, outputs["latents"])
-        reports.append(_save_report(report, stage_start, startup if t == first else None, outputs["stats"]))
-        if "correct" in layout.stages_of(settings, t):
+        for ref in layout.iteration_refs(method, t):
             stage_start = time.perf_counter()
-            if targets is None:
-                targets = load_latents(layout.prior_of(run_dir), len(z), settings["latent_dim"])
-                h = _load_previous_h(layout.previous_correction(run_dir, settings, t), len(z))
-            state, report = _correct(settings, t, z, targets, h, device, progress)
-            z, h = state["latents"], state["h"]
-            outputs = layout.stage_outputs(run_dir, "correct", t)
-            save_tensors(state, outputs["latents"])
-            reports.append(_save_report(report, stage_start, None, outputs["stats"]))
-        stage_start = time.perf_counter()
-        report = _learn(settings, t, images, generator, optimizer, z, device, progress)
-        outputs = layout.stage_outputs(run_dir, "learn", t)
-        save_checkpoint(outputs["checkpoint"], generator, optimizer, settings, t)
-        reports.append(_save_report(report, stage_start, None, outputs["stats"]))
+            inputs = {role: copy.deepcopy(cache[path])
+                      for role, path in layout.input_files(run_dir, method, ref.stage, t).items()}
+            state, report = method.run(ref.stage, t, inputs, ctx)
+            compute = time.perf_counter() - stage_start
+            out = layout.state_file(run_dir, ref)
+            save_state(state, out, settings, ref)
+            cache[out] = StateFile(state, out)
+            reports.append(_save_report(report, ref, settings, ctx, stage_start, compute,
+                                        startup if not reports else None, layout.report_of(out)))
+        later = {path for u in range(t + 1, last + 1) for stage in method.stages(u)
+                 for path in layout.input_files(run_dir, method, stage, u).values()}
+        cache = {path: state for path, state in cache.items() if path in later}
     print(f"block {first}..{last}: {time.perf_counter() - started:.1f} s", flush=True)
     return reports
+
+
+def training_summary(settings: dict, reports: list[dict]) -> dict:
+    """The cost of a run from its stage reports: seconds (total, compute, per stage), device, size."""
+    per_stage: dict[str, float] = {}
+    for report in reports:
+        per_stage[report["stage"]] = per_stage.get(report["stage"], 0.0) + report["seconds"]
+    return {
+        "method": settings["method"],
+        "iterations": max(report["iteration"] for report in reports),
+        "train_images": reports[0]["images"],
+        "devices": sorted({report["device"] for report in reports}),
+        "train_seconds": sum(report["seconds"] for report in reports),
+        "compute_seconds": sum(report["compute_seconds"] for report in reports),
+        "seconds_per_stage": per_stage,
+        "stages": len(reports),
+    }
+
+
+def write_final(settings: dict, input_paths: dict[str, str | Path], report_paths: list, out_dir) -> dict:
+    """Copy the final model's state files to ``out_dir/<role>.pt`` (checked, with new manifests) and write
+    ``out_dir/training.json``, the run's training cost from every stage report."""
+    from .io import load_json
+
+    reports = [load_json(path, "stage report") for path in report_paths]
+    if not any(report.get("stage") == "init" for report in reports):
+        raise ValueError("the stage reports given to 'final' lack the run's init report")
+    out_dir = Path(out_dir)
+    for role, path in input_paths.items():
+        state = load_state(path, settings)
+        source = load_json(manifest_path(path), "manifest")
+        save_state(dict(state), out_dir / f"{role}.pt", settings, StageRef(source["iteration"], source["stage"]))
+    summary = training_summary(settings, reports)
+    save_json(summary, out_dir / "training.json")
+    return summary

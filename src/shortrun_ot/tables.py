@@ -10,7 +10,9 @@ import pandas as pd
 from .io import save_text
 
 DATASET_TITLE = {"mnist": "MNIST", "mnist5k": "MNIST (5k subset)"}
-MODEL_TITLE = {"ours": "Ours", "abp": "ABP"}
+#: Row titles of run keys (as the paper names the systems); other runs keep their key.
+MODEL_TITLE = {"ours": "Ours", "abp": "ABP", "vae": "VAE", "two_stage_vae": "2sVAE", "rae": "RAE",
+               "sri": "SRI", "sri5": "SRI (L=5)", "lebm": "LEBM", "aeot": "AE-OT", "cvae": "C-VAE"}
 
 
 def paper_rows(path: str | Path, table: int) -> pd.DataFrame:
@@ -23,16 +25,19 @@ def _title(run: str) -> str:
     return MODEL_TITLE.get(run, run)
 
 
-def table1(metrics_files: dict[str, str | Path], reference: str | Path) -> pd.DataFrame:
-    """One row per (dataset, model): MSE (train, test), FID and its sample count, and the source."""
+def table1(metrics_files: list[str | Path], reference: str | Path) -> pd.DataFrame:
+    """One row per measured run (MSE, FID, distance of its latents to the prior, training cost), then the paper's."""
     rows = []
-    for run, path in metrics_files.items():
+    for path in metrics_files:
         m = json.loads(Path(path).read_text())
+        training = m.get("training", {})
         rows.append({
-            "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(run), "source": "measured",
-            "mse_train": m["mse_train"], "mse_test": m["mse_test"], "fid": m["fid"], "fid_samples": m["fid_samples"],
-            "fid_real_images": m["fid_real_images"], "train_images": m["train_images"], "iterations": m["iterations"],
-            "ot_cost": m["ot_cost"],
+            "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(m["run"]), "source": "measured",
+            "method": m["method"], "mse_train": m["mse_train"], "mse_test": m["mse_test"], "fid": m["fid"],
+            "fid_samples": m["fid_samples"], "fid_real_images": m["fid_real_images"], "ot_cost": m["ot_cost"],
+            "ot_cost_prior_floor": m["ot_cost_prior_floor"], "latent_fd": m["latent_fd"],
+            "train_images": m["train_images"], "iterations": m["iterations"],
+            "train_seconds": training.get("train_seconds"), "device": m["device"],
         })
     paper = paper_rows(reference, 1).pivot_table(index=["dataset", "model"], columns="metric", values="value",
                                                    sort=False).reset_index()

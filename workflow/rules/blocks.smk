@@ -1,26 +1,27 @@
-# One job per block of compute.iterations_per_job iterations (1..B, B+1..2B, ...): it reads
-# iteration first-1 and writes every file of iterations first..last, as the per-stage jobs would.
-# A block's files are its outputs, so deleting any of them reruns that block and the ones after it.
-# The rules are made per run and block because a block's list of files depends on which of its
-# iterations correct (t % L == 0), which an output pattern with wildcards cannot express.
+# One job per block of compute.iterations_per_job iterations (1..B, B+1..2B, ...): it reads the state
+# files from before the block and writes every file of iterations first..last, as the per-stage
+# jobs would. A block's files are its outputs, so deleting any of them reruns that block and the
+# ones after it. The rules are made per run and block because a block's list of files depends on
+# the stages of its iterations (the run's method says which), which an output pattern cannot express.
 
-for _run in SETTINGS:
+for _run, _method in METHODS.items():
     for _first, _last in blocks(_run):
 
         rule:
             name:
-                f"train_{_run.replace('-', '_')}_it{_first:04d}_{_last:04d}"
+                f"train_{_run.replace('-', '_').replace('.', '_')}_it{_first:04d}_{_last:04d}"
             input:
-                **block_inputs(_run, _first, _last),
+                config=f"{run_dir(_run)}/config.json",
+                data=prepared_data_of(_run),
+                states=[str(path) for path in layout.block_inputs(run_dir(_run), _method, _first, _last)],
             output:
-                block_outputs(_run, _first, _last),
+                [str(path) for path in layout.block_outputs(run_dir(_run), _method, _first, _last)],
             params:
                 run=_run,
                 run_dir=run_dir(_run),
                 first=_first,
                 last=_last,
-                flags=f"{GRAPHS} {TF32}",
-            log:
+                    log:
                 f"{run_dir(_run)}/logs/it{_first:04d}-{_last:04d}.log",
             threads: 1  # raise with --set-threads (README, "Performance")
             resources:
@@ -28,6 +29,6 @@ for _run in SETTINGS:
                 mem_mb=16000,
                 runtime=60 * 24,
             shell:
-                "OMP_NUM_THREADS={threads} {CLI} train-block {params.flags} --run {params.run} "
+                "OMP_NUM_THREADS={threads} {CLI} train-block {TRAIN_FLAGS} --run {params.run} "
                 "--config {input.config} --data {input.data} --run-dir {params.run_dir} "
                 "--first {params.first} --last {params.last} --device {DEVICE} > {log} 2>&1"

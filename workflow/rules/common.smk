@@ -4,26 +4,21 @@ import sys
 
 from snakemake.utils import min_version, validate
 
-from shortrun_ot.config import (
-    all_run_settings,
-    anomaly_run,
-    coerce_command_line_values,
-    dataset_id,
-    is_correction_iteration,
-    stage_settings,
-    validate_config,
-)
 from shortrun_ot import layout
+from shortrun_ot.config import anomaly_run, coerce_command_line_values, dataset_id, sweep_points, validate_config
+from shortrun_ot.methods.base import StageRef
+from shortrun_ot.pipeline import build_method
 
 min_version("9.0")
 
-# One run is a dependency chain of 3 jobs per iteration; Snakemake walks it recursively.
+# A run is a dependency chain of a few jobs per iteration; Snakemake walks it recursively.
 sys.setrecursionlimit(max(sys.getrecursionlimit(), 100_000))
 
 # --config a='{b: 4}' hands nested values over as strings; read them as the schema's types.
 config.update(coerce_command_line_values(config))
 validate(config, "../schemas/config.schema.yaml")
-validate_config(config)  # runs merged with the defaults, cross-references
+SETTINGS = validate_config(config)  # every run: the keys of `runs`, the sweep points, the anomaly runs
+METHODS = {run: build_method(settings) for run, settings in SETTINGS.items()}  # each run's schedule
 
 RESULTS = config["results"]
 RUN = f"{RESULTS}/runs/{{run}}"
@@ -32,14 +27,15 @@ PREPARED = config["data"]["prepared"]
 RAW = config["data"]["raw_root"]
 EVAL = config["evaluation"]
 ANOMALY = config["anomaly"]
+FIGURES = config["figures"]
 CLI = f"{shlex.quote(sys.executable)} -m shortrun_ot"
 DEVICE = config["device"]
 COMPUTE = config["compute"]
 BLOCK = COMPUTE["iterations_per_job"]
-# Flags of the torch stages that change how, not what, they compute.
-GRAPHS = "--cuda-graphs" if COMPUTE["cuda_graphs"] else ""
-TF32 = "--tf32" if COMPUTE["tf32"] else ""
-SETTINGS = all_run_settings(config)  # the keys of `runs` and the anomaly runs
+# Flags of the training stages that change how, not what, they compute.
+TRAIN_FLAGS = " ".join(flag for flag, on in (("--cuda-graphs", COMPUTE["cuda_graphs"]), ("--tf32", COMPUTE["tf32"]))
+                       if on)
+STAGE_NAMES = sorted({stage for method in METHODS.values() for stage in method.STAGES})
 
 # Cluster resources are declared in each rule's `resources`; profiles only pick the executor.
 # The SLURM executor turns gpu into --gpus, mem_mb into --mem, runtime (minutes) into -t and
@@ -49,8 +45,13 @@ GPU = 0 if DEVICE == "cpu" else 1
 
 
 wildcard_constraints:
-    run=r"[A-Za-z0-9][A-Za-z0-9_-]*",
+    run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     t=r"\d\d\d\d+",
+    stage="|".join(STAGE_NAMES),
+
+
+def run_dir(run):
+    return f"{RESULTS}/runs/{run}"
 
 
 def prepared_data_of(run):
@@ -61,60 +62,45 @@ def prepared_data(wildcards):
     return prepared_data_of(wildcards.run)
 
 
-def run_dir(run):
-    return f"{RESULTS}/runs/{run}"
-
-
-def latents_after(run, t):
-    """The latents iteration t hands on: corrected on correction iterations, else inferred."""
-    return str(layout.latents_after(run_dir(run), SETTINGS[run], t))
-
-
-def checkpoint_of(run, t):
-    return str(layout.checkpoint_of(run_dir(run), t))
-
-
 def final_iteration(run):
     return SETTINGS[run]["iterations"]
 
 
-def final_targets():
-    targets = []
-    for run in config["runs"]:
-        T = final_iteration(run)
-        targets += [checkpoint_of(run, T), f"{RESULTS}/runs/{run}/figures/grid.png",
-                    f"{RESULTS}/runs/{run}/history.csv"]
-    return targets + [f"{RESULTS}/table1.csv"]
+def roles(paths):
+    """`ROLE=PATH ...` for the command line."""
+    return " ".join(f"{role}={shlex.quote(str(path))}" for role, path in paths.items())
 
 
-def infer_inputs(w):
-    inputs = {
-        "config": f"{run_dir(w.run)}/config.json",
-        "data": prepared_data(w),
-        "checkpoint": checkpoint_of(w.run, int(w.t) - 1),
-    }
-    if SETTINGS[w.run]["langevin"]["persistent"]:
-        inputs["latents"] = latents_after(w.run, int(w.t) - 1)
-    return inputs
+def stage_input_files(w):
+    """The state files stage `w.stage` of iteration `w.t` reads (its method says which)."""
+    method, t = METHODS[w.run], int(w.t)
+    if w.stage not in method.stages(t):
+        raise ValueError(f"run {w.run!r} (method {SETTINGS[w.run]['method']!r}) has no stage {w.stage!r} in "
+                         f"iteration {t}; its stages there: {', '.join(method.stages(t))}")
+    return {role: str(path) for role, path in layout.input_files(run_dir(w.run), method, w.stage, t).items()}
 
 
-def correct_inputs(w):
-    t = int(w.t)
-    inputs = {
-        "config": f"{run_dir(w.run)}/config.json",
-        "latents": str(layout.stage_outputs(run_dir(w.run), "infer", t)["latents"]),
-        "prior": str(layout.prior_of(run_dir(w.run))),
-    }
-    previous = layout.previous_correction(run_dir(w.run), SETTINGS[w.run], t)
-    if previous is not None:  # warm start from the previous correction's dual vector h
-        inputs["previous"] = str(previous)
-    return inputs
+def stage_inputs(w):
+    return {"config": f"{run_dir(w.run)}/config.json", "data": prepared_data(w), **stage_input_files(w)}
 
 
-def history_inputs(w):
-    """Every stage JSON of the run's iterations 1..T (correct.json on correction iterations only)."""
-    return [str(layout.stage_outputs(run_dir(w.run), stage, t)["stats"])
-            for t in range(1, final_iteration(w.run) + 1) for stage in layout.stages_of(SETTINGS[w.run], t)]
+def stage_reports(w):
+    """Every stage report of the run's iterations 0..T."""
+    method = METHODS[w.run]
+    return [str(layout.report_file(run_dir(w.run), StageRef(0, "init")))] + [
+        str(path) for path in layout.reports(run_dir(w.run), method, final_iteration(w.run))]
+
+
+def final_state_files(w):
+    """Role -> the state file of the model after the last iteration (copied into final/)."""
+    method = METHODS[w.run]
+    return {role: str(layout.state_file(run_dir(w.run), ref))
+            for role, ref in method.evaluation_points(final_iteration(w.run))["end"].items()}
+
+
+def final_model(run):
+    """Role -> final/<role>.pt of the run."""
+    return {role: str(path) for role, path in layout.final_files(run_dir(run), METHODS[run]).items()}
 
 
 def blocks(run):
@@ -123,31 +109,33 @@ def blocks(run):
     return [(first, min(first + BLOCK - 1, T)) for first in range(1, T + 1, BLOCK)]
 
 
-def block_inputs(run, first, last):
-    """What a block needs: iteration first-1's checkpoint and latents, the prior and the last h if it corrects."""
-    settings = SETTINGS[run]
-    inputs = {
-        "config": f"{run_dir(run)}/config.json",
-        "data": prepared_data_of(run),
-        "checkpoint": checkpoint_of(run, first - 1),
-        "latents": latents_after(run, first - 1),
-    }
-    corrections = [t for t in range(first, last + 1) if "correct" in layout.stages_of(settings, t)]
-    if corrections:
-        inputs["prior"] = str(layout.prior_of(run_dir(run)))
-        previous = layout.previous_correction(run_dir(run), settings, corrections[0])
-        if previous is not None:  # always before `first`: corrections are L iterations apart
-            inputs["previous"] = str(previous)
-    return inputs
-
-
-def block_outputs(run, first, last):
-    return [str(path) for t in range(first, last + 1) for path in layout.iteration_outputs(run_dir(run), SETTINGS[run], t)]
-
-
 def fid_reference_of(w):
     n_real = EVAL["fid_real_images"] or "all"
     return f"{RESULTS}/fid/{SETTINGS[w.run]['dataset']}-{n_real}.npz"
+
+
+def evaluation_inputs(w):
+    inputs = {"config": f"{run_dir(w.run)}/config.json", "data": prepared_data(w), "fid_reference": fid_reference_of(w)}
+    if w.get("t") is None:  # the final model
+        return {**inputs, "final": f"{run_dir(w.run)}/final"}
+    return {**inputs, **layout.point_files(run_dir(w.run), METHODS[w.run], int(w.t), w.point)}
+
+
+def evaluation_model(w):
+    if w.get("t") is None:
+        return roles(final_model(w.run))
+    return roles(layout.point_files(run_dir(w.run), METHODS[w.run], int(w.t), w.point))
+
+
+def final_targets():
+    """Table 1 and, per run, its grid, history and last iteration's state files (so that deleting
+    iterations makes Snakemake recompute them)."""
+    targets = []
+    for run in EVAL["runs"]:
+        last = layout.iteration_refs(METHODS[run], final_iteration(run))
+        targets += [f"{run_dir(run)}/figures/grid.png", f"{run_dir(run)}/history.csv",
+                    *(str(layout.state_file(run_dir(run), ref)) for ref in last)]
+    return targets + [f"{RESULTS}/table1.csv"]
 
 
 def anomaly_runs():
@@ -157,6 +145,10 @@ def anomaly_runs():
         for digit in ANOMALY["digits"]
         for seed in range(ANOMALY["seeds"])
     ]
+
+
+def sweep_runs(name):
+    return [key for _, _, key in sweep_points(config, name, SETTINGS)]
 
 
 def stage_errors(main_logs):

@@ -1,4 +1,5 @@
-# Table 1 (MSE, FID) and Table 2 (anomaly AUPRC) from trained runs.
+# Table 1 (MSE, FID, distance to the prior) and Table 2 (anomaly AUPRC): one protocol for every
+# run, whatever its method (shortrun_ot.evaluation; README, "Metrics").
 PAPER_RESULTS = "workflow/resources/paper_results.csv"
 
 
@@ -10,6 +11,7 @@ rule fid_reference:
     params:
         images=lambda w: "" if w.n_real == "all" else f"--images {w.n_real}",
         batch_size=EVAL["batch_size"],
+        precision=EVAL["fid_precision"],
     log:
         f"{RESULTS}/fid/logs/{{dataset}}-{{n_real}}.log",
     wildcard_constraints:
@@ -21,24 +23,33 @@ rule fid_reference:
         mem_mb=8000,
         runtime=60,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} "
+        "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} --precision {params.precision} "
         "--batch-size {params.batch_size} --device {DEVICE} --out {output} > {log} 2>&1"
 
 
+EVALUATE = (
+    "OMP_NUM_THREADS={threads} {CLI} evaluate --run {wildcards.run} --config {input.config} --data {input.data} "
+    "--model {params.model} --iteration {params.iteration} --point {params.point} "
+    "--fid-reference {input.fid_reference} --fid-samples {params.fid_samples} --fid-precision {params.precision} "
+    "--test-steps {params.test_steps} {params.test_images} --batch-size {params.batch_size} {params.training} "
+    "--device {DEVICE} --out {output} > {log} 2>&1"
+)
+
+
 rule evaluate:
+    """Table 1 metrics of the final model of a run."""
     input:
-        config=f"{RUN}/config.json",
-        data=prepared_data,
-        checkpoint=lambda w: checkpoint_of(w.run, final_iteration(w.run)),
-        latents=lambda w: latents_after(w.run, final_iteration(w.run)),
-        prior=f"{RUN}/prior.pt",
-        fid_reference=fid_reference_of,
+        unpack(evaluation_inputs),
     output:
         f"{RUN}/metrics.json",
     params:
+        model=evaluation_model,
         iteration=lambda w: final_iteration(w.run),
+        point="end",
+        training=lambda w: f"--training {run_dir(w.run)}/final/training.json",
         test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
         fid_samples=EVAL["fid_samples"],
+        precision=EVAL["fid_precision"],
         test_steps=EVAL["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:
@@ -49,11 +60,36 @@ rule evaluate:
         mem_mb=16000,
         runtime=120,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} evaluate --run {wildcards.run} --config {input.config} --data {input.data} "
-        "--iteration {params.iteration} --checkpoint {input.checkpoint} --latents {input.latents} "
-        "--prior {input.prior} --fid-reference {input.fid_reference} --fid-samples {params.fid_samples} "
-        "--test-steps {params.test_steps} {params.test_images} --batch-size {params.batch_size} "
-        "--device {DEVICE} --out {output} > {log} 2>&1"
+        EVALUATE
+
+
+rule evaluate_point:
+    """The same metrics at an intermediate iteration t and evaluation point (Fig. 5 curves, Table 4)."""
+    input:
+        unpack(evaluation_inputs),
+    output:
+        f"{RUN}/evaluation/{{point}}-it{{t}}.json",
+    params:
+        model=evaluation_model,
+        iteration=lambda w: int(w.t),
+        point=lambda w: w.point,
+        training="",
+        test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
+        fid_samples=EVAL["fid_samples"],
+        precision=EVAL["fid_precision"],
+        test_steps=EVAL["test_langevin_steps"],
+        batch_size=EVAL["batch_size"],
+    log:
+        f"{RUN}/logs/evaluation/{{point}}-it{{t}}.log",
+    wildcard_constraints:
+        point=r"[a-z_]+",
+    threads: 2
+    resources:
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=120,
+    shell:
+        EVALUATE
 
 
 rule table1:
@@ -63,8 +99,6 @@ rule table1:
     output:
         csv=report(f"{RESULTS}/table1.csv", category="Tables", caption="../report/table1.rst"),
         markdown=f"{RESULTS}/table1.md",
-    params:
-        metrics=" ".join(f"{run}={RESULTS}/runs/{run}/metrics.json" for run in EVAL["runs"]),
     log:
         f"{RESULTS}/logs/table1.log",
     localrule: True
@@ -72,7 +106,7 @@ rule table1:
         mem_mb=1000,
         runtime=5,
     shell:
-        "{CLI} table1 --metrics {params.metrics} --reference {input.reference} "
+        "{CLI} table1 --metrics {input.metrics} --reference {input.reference} "
         "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
@@ -80,25 +114,26 @@ rule anomaly_score:
     input:
         config=f"{RUN}/config.json",
         data=prepared_data,
-        checkpoint=lambda w: checkpoint_of(w.run, final_iteration(w.run)),
+        final=f"{RUN}/final",
     output:
         f"{RUN}/anomaly.json",
     params:
-        model=lambda w: w.run.split("-holdout")[0],
+        model=lambda w: roles(final_model(w.run)),
+        model_key=lambda w: w.run.split("-holdout")[0],
         test_steps=ANOMALY["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:
         f"{RUN}/logs/anomaly.log",
     wildcard_constraints:
-        run=r"[A-Za-z0-9_-]+-holdout\d-seed\d+",
+        run=r"[A-Za-z0-9_.-]+-holdout\d-seed\d+",
     threads: 2
     resources:
         gpu=GPU,
         mem_mb=8000,
         runtime=60,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} anomaly --run {wildcards.run} --model {params.model} "
-        "--config {input.config} --data {input.data} --checkpoint {input.checkpoint} "
+        "OMP_NUM_THREADS={threads} {CLI} anomaly --run {wildcards.run} --model-key {params.model_key} "
+        "--config {input.config} --data {input.data} --model {params.model} "
         "--test-steps {params.test_steps} --batch-size {params.batch_size} --device {DEVICE} "
         "--out {output} > {log} 2>&1"
 

@@ -1,16 +1,22 @@
+# Figures of every run (image grids) and of the paper's Sec. 6 (declared under `figures:`).
+
+
 rule grid:
     input:
         config=f"{RUN}/config.json",
         data=prepared_data,
-        checkpoint=lambda w: checkpoint_of(w.run, final_iteration(w.run)),
-        latents=lambda w: latents_after(w.run, final_iteration(w.run)),
+        final=f"{RUN}/final",
     output:
         report(f"{RUN}/figures/grid.png", category="Samples", caption="../report/grid.rst"),
+    params:
+        model=lambda w: roles(final_model(w.run)),
+        test_steps=EVAL["test_langevin_steps"],
+        batch_size=EVAL["batch_size"],
     log:
         f"{RUN}/logs/grid.log",
     resources:
         mem_mb=4000,
         runtime=15,
     shell:
-        "{CLI} grid --run {wildcards.run} --config {input.config} --data {input.data} "
-        "--checkpoint {input.checkpoint} --latents {input.latents} --out {output} > {log} 2>&1"
+        "{CLI} grid --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
+        "--test-steps {params.test_steps} --batch-size {params.batch_size} --device cpu --out {output} > {log} 2>&1"

@@ -1,14 +1,15 @@
-# One training iteration t = inference -> (correction when t % L == 0) -> learning (Alg. 1).
-# Every stage writes its own files under results/runs/{run}/it{t}/ (shortrun_ot.layout).
-# compute.iterations_per_job = 1: one job per stage (stages.smk); B > 1: one job per block of B
-# iterations writing the same files (blocks.smk; README, "Performance").
+# Training: every stage of every iteration is one cached job writing results/runs/{run}/it{t}/{stage}.pt
+# (+ .pt.json manifest, .json report); the run's method says which stages iteration t has and which
+# earlier state files each reads (shortrun_ot.methods, shortrun_ot.layout). With
+# compute.iterations_per_job = B > 1, one job runs B iterations and writes the same files
+# (blocks.smk; docs, "Performance").
 
 
 rule run_config:
     output:
         f"{RUN}/config.json",
     params:
-        settings=lambda w: shlex.quote(json.dumps(stage_settings(SETTINGS[w.run]), sort_keys=True)),
+        settings=lambda w: shlex.quote(json.dumps(SETTINGS[w.run], sort_keys=True)),
     log:
         f"{RUN}/logs/config.log",
     localrule: True
@@ -19,30 +20,33 @@ rule run_config:
         "{CLI} write-config --run {wildcards.run} --settings {params.settings} --out {output} > {log} 2>&1"
 
 
-rule init:
+rule stage:
     input:
-        config=f"{RUN}/config.json",
-        data=prepared_data,
+        unpack(stage_inputs),
     output:
-        checkpoint=f"{RUN}/it0000/checkpoint.pt",
-        manifest=f"{RUN}/it0000/checkpoint.pt.json",  # SHA-256 of the checkpoint (written by the stage)
-        latents=f"{RUN}/it0000/latents.pt",
-        prior=f"{RUN}/prior.pt",
+        state=f"{IT}/{{stage}}.pt",
+        manifest=f"{IT}/{{stage}}.pt.json",  # SHA-256 of the state (written by the stage)
+        report=f"{IT}/{{stage}}.json",
+    params:
+        inputs=lambda w: roles(stage_input_files(w)),
     log:
-        f"{RUN}/logs/it0000/init.log",
+        f"{IT}/logs/{{stage}}.log",
+    wildcard_constraints:
+        t=r"\d\d\d\d+" if BLOCK == 1 else "0000",  # with block jobs only iteration 0 runs per stage
+    group:
+        "{run}_it{t}"
+    threads: 1  # raise with --set-threads stage=N (README, "Performance")
     resources:
-        mem_mb=4000,
-        runtime=15,
+        gpu=GPU,
+        mem_mb=16000,
+        runtime=60,
     shell:
-        "{CLI} init --run {wildcards.run} --config {input.config} --data {input.data} "
-        "--checkpoint-out {output.checkpoint} --latents-out {output.latents} --prior-out {output.prior} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} {CLI} stage {TRAIN_FLAGS} --run {wildcards.run} --stage {wildcards.stage} "
+        "--iteration {wildcards.t} --config {input.config} --data {input.data} --inputs {params.inputs} "
+        "--device {DEVICE} --out {output.state} > {log} 2>&1"
 
 
-if BLOCK == 1:
-
-    include: "stages.smk"
-
-else:
+if BLOCK > 1:
 
     include: "blocks.smk"
 
@@ -50,7 +54,7 @@ else:
 rule history:
     """Per-iteration curves of a run (one CSV row per iteration): DVC plots and the report."""
     input:
-        history_inputs,
+        stage_reports,
     output:
         report(
             f"{RUN}/history.csv",
@@ -70,18 +74,20 @@ rule history:
 
 
 rule final_model:
-    """The final iteration's generator and latents under a fixed name (what DVC tracks)."""
+    """The model after the last iteration under fixed names, and the run's training cost (what DVC tracks)."""
     input:
-        checkpoint=lambda w: checkpoint_of(w.run, final_iteration(w.run)),
-        latents=lambda w: latents_after(w.run, final_iteration(w.run)),
+        unpack(lambda w: {"config": f"{run_dir(w.run)}/config.json", **final_state_files(w)}),
+        reports=stage_reports,
     output:
-        checkpoint=f"{RUN}/final/checkpoint.pt",
-        latents=f"{RUN}/final/latents.pt",
+        directory(f"{RUN}/final"),
+    params:
+        inputs=lambda w: roles(final_state_files(w)),
     log:
         f"{RUN}/logs/final_model.log",
     localrule: True
     resources:
-        mem_mb=1000,
+        mem_mb=4000,
         runtime=5,
     shell:
-        "(cp {input.checkpoint} {output.checkpoint} && cp {input.latents} {output.latents}) > {log} 2>&1"
+        "{CLI} final --run {wildcards.run} --config {input.config} --inputs {params.inputs} "
+        "--reports {input.reports} --out-dir {output} > {log} 2>&1"

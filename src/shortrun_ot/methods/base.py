@@ -1,0 +1,190 @@
+"""What every method provides: its stages, the state files they exchange, and what evaluation asks.
+
+Training is a sequence of iterations. Iteration 0 has one stage, ``init``; iteration t >= 1 runs
+``Method.stages(t)`` in order. Each stage reads the state files of earlier stages
+(``Method.inputs``: role -> :class:`StageRef`) and writes one state file of its own, a dict of
+tensors, plus a JSON report; ``shortrun_ot.pipeline`` does the file work (atomic writes, SHA-256
+manifests, blocks of iterations in one process), ``shortrun_ot.layout`` names the files and the
+Snakemake rules turn every stage into a cached job. A method never touches files.
+
+After training, ``Method.evaluation_points(t)`` says which state files make up the model at
+iteration t (``"end"`` at least), and ``Method.trained_model`` turns them into a
+:class:`TrainedModel`, the one interface the evaluation (MSE, FID, OT cost, anomaly AUPRC) uses
+for every system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from ..config import stage_rng
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """The state file written by ``stage`` in iteration ``iteration``."""
+
+    iteration: int
+    stage: str
+
+
+class StateFile(dict):
+    """A loaded state file: its dict of tensors, and ``path``, for error messages."""
+
+    def __init__(self, state: dict, path: str = "<memory>"):
+        super().__init__(state)
+        self.path = str(path)
+
+    def latents(self, key: str, n: int | None, dim: int) -> torch.Tensor:
+        """The finite (n, dim) tensor under ``key``; a clear error naming the file otherwise."""
+        remedy = f"delete {self.path} and rerun the same Snakemake command (it recomputes the file)"
+        latents = self.get(key)
+        if not isinstance(latents, torch.Tensor) or latents.dim() != 2:
+            raise ValueError(f"latents file {self.path} holds no (n, d) tensor under {key!r}; {remedy}")
+        if n is not None and latents.shape[0] != n:
+            raise ValueError(
+                f"latents file {self.path} holds {latents.shape[0]} latents but the dataset has {n} images; the "
+                f"file belongs to other 'dataset'/'train_images' settings: {remedy}, or fix the configuration"
+            )
+        if latents.shape[1] != dim:
+            raise ValueError(f"latents file {self.path} holds {latents.shape[1]}-dimensional latents but "
+                             f"'latent_dim' is {dim}; {remedy}")
+        if not torch.isfinite(latents).all():
+            raise ValueError(f"latents file {self.path} holds non-finite values; {remedy}")
+        return latents
+
+
+@dataclass
+class StageContext:
+    """What a stage computes on: the run's training images ([-1, 1], CPU) and where to compute."""
+
+    images: torch.Tensor
+    device: torch.device
+    progress: bool = False
+    cuda_graph: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """Settings of the shared evaluation that a trained model needs (the same for every method)."""
+
+    batch_size: int
+    langevin_steps: int  # K of noise-initialised short-run inference (MCMC methods' encode/anomaly score)
+
+
+class Method:
+    """One training algorithm, as a schedule of stages over the iterations.
+
+    Subclasses set ``STAGES`` (every stage name they use, ``init`` first), and define one method
+    per stage, named after it, ``def infer(self, t, inputs, ctx) -> (state, report)``, where
+    ``inputs`` maps the roles of ``self.inputs(stage, t)`` to their loaded :class:`StateFile`.
+    A stage must not modify its inputs.
+    """
+
+    STAGES: ClassVar[tuple[str, ...]] = ("init",)
+    SCORES_ANOMALIES: ClassVar[bool] = False  # whether its trained model defines ``anomaly_scores`` (Table 2)
+
+    def __init__(self, settings: dict):
+        self.settings = settings
+        self.seed = settings["seed"]
+        self.iterations = settings["iterations"]
+
+    # -- the schedule
+    def stages(self, t: int) -> list[str]:
+        """The stages of iteration t, in order (``["init"]`` for t = 0)."""
+        raise NotImplementedError
+
+    def inputs(self, stage: str, t: int) -> dict[str, StageRef]:
+        """Role -> the state file ``stage`` of iteration t reads."""
+        raise NotImplementedError
+
+    def run(self, stage: str, t: int, inputs: dict[str, StateFile], ctx: StageContext) -> tuple[dict, dict]:
+        """Compute one stage: (its state, a JSON-able report)."""
+        if stage not in self.stages(t):
+            raise ValueError(f"method {self.settings['method']!r} has no stage {stage!r} in iteration {t} "
+                             f"(its stages there: {', '.join(self.stages(t))})")
+        return getattr(self, stage)(t, inputs, ctx)
+
+    # -- evaluation
+    def evaluation_points(self, t: int) -> dict[str, dict[str, StageRef]]:
+        """Named models at iteration t: role -> state file; ``"end"`` is the model after iteration t."""
+        raise NotImplementedError
+
+    def trained_model(self, states: dict[str, StateFile], device: torch.device,
+                      protocol: EvaluationProtocol) -> "TrainedModel":
+        raise NotImplementedError
+
+    # -- helpers
+    def rng(self, t: int, name: str) -> torch.Generator:
+        """The run's random stream ``name`` of iteration t (``config.stage_rng``)."""
+        return stage_rng(self.seed, t, name)
+
+    def previous(self, t: int) -> StageRef:
+        """The state file that ends iteration t - 1 (its last stage)."""
+        return StageRef(t - 1, self.stages(t - 1)[-1])
+
+
+def in_batches(function, tensor: torch.Tensor, batch_size: int, device) -> torch.Tensor:
+    """``function`` applied to ``tensor`` batch by batch on ``device``, without gradients; CPU result."""
+    with torch.no_grad():
+        return torch.cat([function(tensor[i:i + batch_size].to(device)).cpu()
+                          for i in range(0, len(tensor), batch_size)])
+
+
+class TrainedModel:
+    """A trained system as the evaluation sees it: the same questions for every method.
+
+    ``decode`` maps latents to images, ``sample`` draws images for the FID, ``encode`` gives the
+    latents that reconstruct given images, ``latent_population`` the latents of the training
+    images (reconstruction MSE on the training set, OT cost to the prior), ``anomaly_scores`` a
+    per-image score that is high for anomalies (Table 2). Images are on the [-1, 1] scale, CPU.
+    """
+
+    def __init__(self, settings: dict, device: torch.device, protocol: EvaluationProtocol):
+        self.settings, self.device, self.protocol = settings, device, protocol
+        self.latent_dim = settings["latent_dim"]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prior_latents(self, n: int) -> torch.Tensor:
+        """n latents z ~ N(0, I) of the evaluation's fixed stream (the same for every method)."""
+        return torch.randn((n, self.latent_dim), generator=stage_rng(self.settings["seed"], 0, "samples"))
+
+    def sample(self, n: int) -> torch.Tensor:
+        """n generated images; by default g(z) with z ~ N(0, I)."""
+        return self.decode(self.prior_latents(n))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def latent_population(self, train_images: torch.Tensor) -> torch.Tensor:
+        """The latents of the training images; by default ``encode``."""
+        return self.encode(train_images)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(images))
+
+    def anomaly_scores(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class AutoencoderModel(TrainedModel):
+    """A system with an encoder: the code of an image is the encoder's output (its first d outputs;
+    for a VAE the posterior mean), images are decoded by the decoder (both in eval mode)."""
+
+    def __init__(self, settings, device, protocol, encoder: torch.nn.Module, decoder: torch.nn.Module):
+        super().__init__(settings, device, protocol)
+        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+
+    def encoder_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        return in_batches(self.encoder, images, self.protocol.batch_size, self.device)
+
+    def encode(self, images):
+        return self.encoder_outputs(images)[:, : self.latent_dim]
+
+    def decode(self, z):
+        return in_batches(self.decoder, z, self.protocol.batch_size, self.device)
