@@ -1,17 +1,22 @@
 """Benchmark of the three training stages at a given size on the available device.
 
+Iteration 1 of the short-run method (``runs.ours`` of params.yaml at the benchmark's size, with
+a correction in iteration 1), from an iteration 0 written by the command line's ``init`` stage.
 Two parts, one table:
 
 - **speed** (in this process): the inference stage (K Langevin steps for n images, Eq. 7),
-  the learning stage (L2 Adam passes) and the OT correction, timed after a warm-up on the
-  real stage functions. Inference variants: ``eager`` (IEEE float32), ``graph`` (each
-  batch's chain replayed as a CUDA graph), ``tf32`` and ``graph+tf32`` (TF32 matrix units),
-  ``compile`` (``torch.compile`` of the generator; its compile time is reported apart).
-  Each variant's latents are compared with ``eager``'s (``max|dz|``).
-- **process** (the real command line, one process per stage, as Snakemake runs it): the
-  seconds from process start to the first batch (imports, CUDA start-up, loading data and
-  checkpoint: ``startup``) and the share of the process's wall time outside the stage's
-  arithmetic (``overhead``).
+  the learning stage (L2 Adam passes) and the OT correction, timed after a warm-up.
+  Learning and correction run the method's own stages (``ShortRunOT.learn``/``correct``);
+  the inference variants run the inference stage's arithmetic
+  (``shortrun_ot.methods.shortrun.infer_latents``) on a loaded generator, so that all of them
+  time the same work: ``eager`` (IEEE float32), ``graph`` (each batch's chain replayed as a
+  CUDA graph), ``tf32`` and ``graph+tf32`` (TF32 matrix units), ``compile``
+  (``torch.compile`` of the generator; its compile time is reported apart). Each variant's
+  latents are compared with ``eager``'s (``max|dz|``).
+- **process** (the real command line, ``shortrun_ot stage``, one process per stage, as
+  Snakemake runs it): the seconds from process start to the first batch (imports, CUDA
+  start-up, loading data and state files: ``startup``) and the share of the process's wall
+  time outside the stage's arithmetic (``overhead``).
 
 Floating-point work is counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real
 generator (matrix products and convolutions, forward and backward; element-wise operations
@@ -34,17 +39,22 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
-from shortrun_ot.config import set_tf32
+from shortrun_ot import layout
+from shortrun_ot.config import run_settings, set_tf32, stage_settings
 from shortrun_ot.io import save_json
 from shortrun_ot.langevin import log_joint
 from shortrun_ot.learning import reconstruction_loss
-from shortrun_ot.pipeline import _correct, _infer, _learn, load_checkpoint, load_latents, load_training_images
+from shortrun_ot.methods.base import Method, StageContext, StageRef, StateFile
+from shortrun_ot.methods.shortrun import infer_latents, load_generator
+from shortrun_ot.pipeline import build_method, load_state, load_training_images
 
 from reporting import machine_description, print_table  # benchmarks/ (the script's folder is on sys.path)
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "shortrun_ot"]
 INFER_VARIANTS = ("eager", "graph", "tf32", "graph+tf32", "compile")
 COLUMNS = [  # header, row key, width, format
     ("stage", "stage", 7, ""),
@@ -63,14 +73,12 @@ COLUMNS = [  # header, row key, width, format
 
 
 def settings_for(args) -> dict:
-    """The paper's MNIST settings (params.yaml ``training``) at the benchmark's size."""
-    import yaml
-
-    settings = yaml.safe_load((REPO / "params.yaml").read_text())["training"]
-    settings.pop("iterations")
+    """The paper's MNIST settings (params.yaml, run ``ours``) at the benchmark's size."""
+    settings = run_settings(yaml.safe_load((REPO / "params.yaml").read_text()), "ours")
     settings.update(dataset="mnist", train_images=args.n, batch_size=args.batch_size)
     settings["langevin"]["steps"] = args.steps
     settings["learning"]["passes"] = args.passes
+    settings["correction"]["every"] = 1  # L = 1: iteration 1 has its correction stage
     return settings
 
 
@@ -128,14 +136,17 @@ def report_row(rows: list[dict], row: dict) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {json.dumps(shown)}", file=sys.stderr, flush=True)
 
 
-def run_cli(stage: str, args: list[str]) -> tuple[dict, float]:
-    """One stage through the real command line; (its JSON report, the process's wall seconds)."""
-    stats = args[args.index("--stats-out") + 1]
+def run_cli(method: Method, ref: StageRef, run_dir: Path, args: list[str]) -> tuple[dict, float]:
+    """One stage through the real command line, with the run's file names (``shortrun_ot.layout``):
+    (its JSON report, the process's wall seconds)."""
+    out = layout.state_file(run_dir, ref)
+    inputs = [f"{role}={path}" for role, path in layout.input_files(run_dir, method, ref.stage, ref.iteration).items()]
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "shortrun_ot", stage, *args], check=True, cwd=REPO,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    subprocess.run([*CLI, "stage", "--stage", ref.stage, "--iteration", str(ref.iteration), *args,
+                    "--inputs", *inputs, "--out", str(out)],
+                   check=True, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
-    return json.loads(Path(stats).read_text()), wall
+    return json.loads(layout.report_of(out).read_text()), wall
 
 
 def main() -> None:
@@ -161,26 +172,30 @@ def main() -> None:
     if unknown or (not on_cuda and set(variants) - {"eager", "compile"}):
         parser.error(f"variants {sorted(unknown) or variants} do not apply on {device}")
 
-    if args.n is None:
-        args.n = len(load_training_images(args.data, {"train_images": None}))
     settings = settings_for(args)
+    method = build_method(settings)
     rows, workdir = [], Path(tempfile.mkdtemp(prefix="stage-benchmark-"))
-    config = workdir / "config.json"
-    save_json(settings, config)
-    run = workdir / "run"
-    subprocess.run([sys.executable, "-m", "shortrun_ot", "init", "--config", str(config), "--data", args.data,
-                    "--checkpoint-out", str(run / "it0000/checkpoint.pt"),
-                    "--latents-out", str(run / "it0000/latents.pt"), "--prior-out", str(run / "prior.pt")],
-                   check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    config, run = workdir / "config.json", workdir / "run"
+    subprocess.run([*CLI, "write-config", "--run", "benchmark", "--settings",
+                    json.dumps(stage_settings(settings)), "--out", str(config)], check=True, cwd=REPO)
+    common = ["--config", str(config), "--data", args.data, "--device", str(device)]
+    run_cli(method, StageRef(0, "init"), run, common)
 
     images = load_training_images(args.data, settings).to(device)
-    generator, optimizer = load_checkpoint(run / "it0000/checkpoint.pt", settings, device, with_optimizer=True)
-    z0 = load_latents(run / "it0000/latents.pt", args.n, settings["latent_dim"])
+    n = len(images)
+    init = load_state(layout.state_file(run, StageRef(0, "init")), settings)
+    z0 = init.latents("latents", n, settings["latent_dim"])
+    generator = load_generator(init, settings, device)
     flops = flops_per_image(generator, settings, device)
     peak = {False: matmul_rate(device, False)}
     if on_cuda:
         peak[True] = matmul_rate(device, True)
-    base = {"n": args.n, "steps": args.steps, "device": device.type}
+    base = {"n": n, "steps": args.steps, "device": device.type}
+
+    def infer(model, graph, count=None):
+        """Iteration 1's inference arithmetic for the first ``count`` images (default: all)."""
+        return infer_latents(settings, model, images[:count], z0[:count], method.rng(1, "langevin"), device,
+                             cuda_graph=graph)
 
     # speed: inference variants
     reference = None
@@ -190,10 +205,8 @@ def main() -> None:
         try:
             model = torch.compile(generator) if variant == "compile" else generator
             set_tf32(tf32)
-            warm_images = images[: settings["batch_size"]]
-            _, warm_seconds = timed(lambda: _infer(settings, 1, warm_images, model, z0[: len(warm_images)],
-                                                   device, graph, False), device)
-            (z, report), seconds = timed(lambda: _infer(settings, 1, images, model, z0, device, graph, False), device)
+            _, warm_seconds = timed(lambda: infer(model, graph, settings["batch_size"]), device)
+            (z, stats), seconds = timed(lambda: infer(model, graph), device)
         except Exception as exc:  # a variant this machine cannot run is reported, not fatal
             report_row(rows, {**row, "error": f"{type(exc).__name__}: {exc}"[:300]})
             print(f"infer {variant}: {rows[-1]['error']}", file=sys.stderr)
@@ -201,49 +214,36 @@ def main() -> None:
         finally:
             set_tf32(False)
         reference = z if reference is None else reference
-        work = flops["langevin_step"] * args.n * args.steps
-        report_row(rows, {**row, "seconds": seconds, "images_per_second": args.n / seconds,
+        work = flops["langevin_step"] * n * args.steps
+        report_row(rows, {**row, "seconds": seconds, "images_per_second": n / seconds,
                      "tflops": work / seconds / 1e12, "peak_fraction": work / seconds / peak[tf32],
                      "max_abs_diff": (z - reference).abs().max().item(),
-                     "log_joint_end": report["log_joint_end"], "warmup_seconds": warm_seconds})
+                     "log_joint_end": stats.log_joint_end, "warmup_seconds": warm_seconds})
 
-    # speed: learning (a copy of the generator, so that each variant starts from the same state) and OT
-    state = {k: v.clone() for k, v in generator.state_dict().items()}
+    # speed: the method's learning stage (from iteration 0's generator and latents) and its correction
+    ctx = StageContext(images, device)
     for tf32 in ([False, True] if on_cuda else [False]):
-        generator.load_state_dict(state)
         set_tf32(tf32)
-        report, seconds = timed(lambda: _learn(settings, 1, images, generator, optimizer, z0, device, False), device)
+        (_, report), seconds = timed(lambda: method.run("learn", 1, {"model": init, "latents": init}, ctx), device)
         set_tf32(False)
-        work = flops["learning_update"] * args.n * args.passes
+        work = flops["learning_update"] * n * args.passes
         report_row(rows, {**base, "stage": "learn", "variant": "tf32" if tf32 else "eager", "steps": None,
-                     "seconds": seconds, "images_per_second": args.n * args.passes / seconds,
+                     "seconds": seconds, "images_per_second": n * args.passes / seconds,
                      "tflops": work / seconds / 1e12, "peak_fraction": work / seconds / peak[tf32],
                      "loss_last_pass": report["loss_last_pass"]})
-    prior = load_latents(run / "prior.pt", args.n, settings["latent_dim"])
-    (_, report), seconds = timed(lambda: _correct(settings, 1, reference.cpu(), prior, None, device, False), device)
+    inputs = {"latents": StateFile({"latents": reference.cpu()}), "prior": init}
+    (_, report), seconds = timed(lambda: method.run("correct", 1, inputs, ctx), device)
     report_row(rows, {**base, "stage": "correct", "variant": "default", "steps": None, "seconds": seconds,
-                 "images_per_second": args.n / seconds, "cost": report["cost"], "gap": report["gap"]})
+                 "images_per_second": n / seconds, "cost": report["cost"], "gap": report["gap"]})
 
-    # process: each stage as its own command-line process, as Snakemake runs it
+    # process: iteration 1's stages, each as its own command-line process, as Snakemake runs them
     if not args.no_process:
-        common = ["--config", str(config), "--iteration", "1", "--device", str(device)]
-        it1 = run / "it0001"
         graph_works = any(r["variant"] == "graph" and "error" not in r for r in rows)
-        flags = ["--cuda-graphs"] if graph_works else []
-        infer, wall = run_cli("infer", [*common, *flags, "--data", args.data, "--checkpoint",
-                                        str(run / "it0000/checkpoint.pt"), "--latents", str(run / "it0000/latents.pt"),
-                                        "--latents-out", str(it1 / "inferred.pt"), "--stats-out", str(it1 / "infer.json")])
-        processes = [("infer", infer, wall)]
-        report, wall = run_cli("correct", [*common, "--latents", str(it1 / "inferred.pt"), "--prior",
-                                           str(run / "prior.pt"), "--latents-out", str(it1 / "corrected.pt"),
-                                           "--stats-out", str(it1 / "correct.json")])
-        processes.append(("correct", report, wall))
-        report, wall = run_cli("learn", [*common, "--data", args.data, "--checkpoint", str(run / "it0000/checkpoint.pt"),
-                                         "--latents", str(it1 / "corrected.pt"), "--checkpoint-out",
-                                         str(it1 / "checkpoint.pt"), "--stats-out", str(it1 / "learn.json")])
-        processes.append(("learn", report, wall))
-        for stage, report, wall in processes:
-            report_row(rows, {**base, "stage": stage, "variant": "process", "steps": args.steps if stage == "infer" else None,
+        flags = ["--cuda-graphs"] if graph_works else []  # only inference uses them
+        for stage in ("infer", "correct", "learn"):
+            report, wall = run_cli(method, StageRef(1, stage), run, [*common, *flags])
+            report_row(rows, {**base, "stage": stage, "variant": "process",
+                         "steps": args.steps if stage == "infer" else None,
                          "seconds": wall, "compute_seconds": report["compute_seconds"],
                          "startup_seconds": report["startup_seconds"],
                          "overhead_share": 1 - report["compute_seconds"] / wall})

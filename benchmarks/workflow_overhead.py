@@ -10,7 +10,7 @@ Reads every stage JSON of the run directories (``it*/infer.json``, ``correct.jso
   the JSONs alone (``startup_seconds`` is recorded once per job); valid also for runs that
   shared a machine with others, but blind to Snakemake's own scheduling time.
 
-    /usr/bin/time -f %e snakemake --cores 16 results/gpu/runs/ours/it0100/checkpoint.pt
+    /usr/bin/time -f %e snakemake --cores 16 results/gpu/runs/ours/it0100/learn.pt
     python benchmarks/workflow_overhead.py --wall 312.4 results/gpu/runs/ours
 """
 

@@ -20,8 +20,7 @@ def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
         "evaluation": {"runs": ["ours", "abp"], "fid_samples": 20, "fid_real_images": 20, "test_langevin_steps": 3,
                        "test_images": 40, "batch_size": 20},
     }
-    if compute:
-        config["compute"] = compute
+    config["compute"] = compute or {"iterations_per_job": 1}  # per-stage jobs unless a test asks for blocks
     path = tmp / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -21,6 +21,7 @@ from shortrun_ot.config import (
     coerce_command_line_values,
     deep_merge,
     run_settings,
+    stage_settings,
     validate_config,
 )
 
@@ -128,14 +129,15 @@ def test_validate_config_names_the_bad_key(case):
 
 def test_stage_entry_point_rejects_bad_run_settings(tmp_path, capsys):
     """A stage run directly (not through Snakemake) validates the settings it is given."""
-    settings = run_settings(deep_merge(PARAMS, {"runs": {"ours": {"correction": {"alpha": 0.5}}}}), "ours")
+    settings = stage_settings(run_settings(deep_merge(PARAMS, {"runs": {"ours": {"correction": {"alpha": 0.5}}}}),
+                                           "ours"))
     settings["correction"]["alpha"] = 2.0
     out = tmp_path / "config.json"
     code = cli.main(["write-config", "--run", "ours", "--settings", json.dumps(settings), "--out", str(out)])
     assert code == 1 and not out.exists()
     assert "runs.ours.correction.alpha" in capsys.readouterr().err
 
-    settings = run_settings(PARAMS, "ours")
+    settings = stage_settings(run_settings(PARAMS, "ours"))
     settings["langevin"]["stepsize"] = 0.1
     (tmp_path / "bad.json").write_text(json.dumps(settings))
     code = cli.main(["stage", "--run", "ours", "--stage", "learn", "--iteration", "1", "--config",

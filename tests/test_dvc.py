@@ -239,7 +239,7 @@ def test_train_stage_runs_block_jobs(scratch):
     logs = sorted(p.name for p in (run_dir / "logs").iterdir() if p.name.startswith("it") and p.suffix == ".log")
     assert logs == ["it0001-0002.log", "it0003-0003.log"], logs
     with open(run_dir / "history.csv") as f:
-        assert [row["iteration"] for row in csv.DictReader(f)] == ["1", "2", "3"]
+        assert [row["iteration"] for row in csv.DictReader(f)] == ["0", "1", "2", "3"]  # 0: the init stage
     assert "didn't change" in dvc("repro", "train-ours", cwd=scratch)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import REPO
 from shortrun_ot import layout, methods
-from shortrun_ot.config import deep_merge, run_settings
+from shortrun_ot.config import deep_merge, run_settings, stage_settings
 from shortrun_ot.methods.base import EvaluationProtocol, StageRef
 from shortrun_ot.methods.rae import fit_mixture, rae_loss, sample_mixture
 from shortrun_ot.methods.two_stage_vae import ScaledVAE, TwoStageVAEModel, two_stage_sample
@@ -181,11 +181,13 @@ def tiny_data(tmp_path_factory):
 
 
 def run_per_stage(settings, run_dir, data_path, last):
+    """Iterations 0..last, each stage as the stage command runs it (on settings without T, as in config.json)."""
     method = build_method(settings)
     for t in range(0, last + 1):
         for ref in layout.iteration_refs(method, t):
             inputs = {role: str(p) for role, p in layout.input_files(run_dir, method, ref.stage, t).items()}
-            run_stage(settings, ref, inputs, data_path, layout.state_file(run_dir, ref), torch.device("cpu"))
+            run_stage(stage_settings(settings), ref, inputs, data_path, layout.state_file(run_dir, ref),
+                      torch.device("cpu"))
     return method
 
 
@@ -194,12 +196,25 @@ def test_every_method_is_shipped_with_defaults_and_tested_here():
 
 
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
+def test_the_schedule_does_not_depend_on_the_number_of_iterations(method):
+    """Stage processes read config.json, which leaves T out, so that raising T only adds iterations."""
+    settings = tiny_settings(method)
+    planned, staged = build_method(settings), build_method(stage_settings(settings))
+    assert staged.iterations is None
+    for t in range(0, 6):
+        assert staged.stages(t) == planned.stages(t)
+        assert [staged.inputs(stage, t) for stage in staged.stages(t)] == [
+            planned.inputs(stage, t) for stage in planned.stages(t)]
+        assert staged.evaluation_points(t) == planned.evaluation_points(t)
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_block_jobs_write_the_bits_of_per_stage_jobs(method, tiny_data, tmp_path):
     settings = tiny_settings(method)
     per_stage = run_per_stage(settings, tmp_path / "stages", tiny_data, settings["iterations"])
     run_per_stage(settings, tmp_path / "blocks", tiny_data, 0)
-    train_block(settings, tmp_path / "blocks", 1, 2, tiny_data, torch.device("cpu"))
-    train_block(settings, tmp_path / "blocks", 3, 3, tiny_data, torch.device("cpu"))
+    train_block(stage_settings(settings), tmp_path / "blocks", 1, 2, tiny_data, torch.device("cpu"))
+    train_block(stage_settings(settings), tmp_path / "blocks", 3, 3, tiny_data, torch.device("cpu"))
     files = layout.block_outputs(tmp_path / "stages", per_stage, 1, 3)
     assert files and all(p.is_file() for p in files)
     for path in files:

@@ -24,7 +24,7 @@ import yaml
 
 from conftest import REPO
 from shortrun_ot import cli
-from shortrun_ot.config import deep_merge
+from shortrun_ot.config import deep_merge, stage_settings
 from shortrun_ot.io import FAULT_ENV, atomic_write, manifest_path, save_json, save_tensors
 from shortrun_ot.methods.base import StageRef
 from shortrun_ot.pipeline import save_state
@@ -61,7 +61,7 @@ def run_settings(**overrides) -> dict:
     """A run's settings (the protocol, the short-run defaults, TINY, ``overrides``), not yet validated."""
     params = yaml.safe_load(PARAMS)
     merged = deep_merge(params["training"], params["methods"]["shortrun"])
-    return deep_merge(merged, {"method": "shortrun", **deep_merge(TINY, overrides)})
+    return stage_settings(deep_merge(merged, {"method": "shortrun", **deep_merge(TINY, overrides)}))
 
 
 class TinyRun:

@@ -41,17 +41,23 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
     assert measured[["mse_train", "mse_test", "fid", "ot_cost", "train_seconds"]].gt(0).all().all()
     assert (results / "table1.md").read_text().startswith("Table 1")
 
-    # Deleting iterations 3 and later recomputes exactly those, with identical results (CPU, fixed seed).
+    # Deleting iterations 3 and later recomputes exactly those, with identical results (CPU, fixed seed);
+    # raising T at the same time only adds iterations (config.json, which every stage reads, leaves T out).
     before = {p: p.stat().st_mtime_ns for t in (0, 1, 2) for p in run_files(results, "ours", t)}
+    before[results / "runs" / "ours" / "config.json"] = (results / "runs" / "ours" / "config.json").stat().st_mtime_ns
     final = results / "runs" / "ours" / "it0004" / "learn.pt"
     reference = torch.load(final, weights_only=True)["generator"]
     for t in (3, 4):
         for p in run_files(results, "ours", t):
             p.unlink()
+    longer = yaml.safe_load(config.read_text())
+    longer["training"]["iterations"] = 5
+    config.write_text(yaml.safe_dump(longer))
     out = snakemake("--configfile", "config/quick.yaml", str(config))
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert "stage=infer" in out.stdout + out.stderr
     assert (results / "runs" / "ours" / "it0003" / "infer.pt").is_file()
+    assert (results / "runs" / "ours" / "it0005" / "learn.pt").is_file()
     recomputed = torch.load(final, weights_only=True)["generator"]
     assert all(torch.equal(reference[k], recomputed[k]) for k in reference)
 

@@ -96,7 +96,7 @@ def cmd_fid_reference(args):
     if args.images is not None:
         images = images[: args.images]
     mu, sigma = real_feature_statistics(images, load_fid_inception(device), batch_size=args.batch_size,
-                                        device=device, precision=args.precision, progress=True)
+                                        device=device, progress=True)
     save_statistics(args.out, mu, sigma, len(images))
 
 
@@ -112,7 +112,7 @@ def cmd_evaluate(args):
     test_images, _ = load_test_images(args.data, settings, args.test_images)
     metrics = evaluate_model(model, train_images, test_images, load_fid_inception(model.device),
                              load_statistics(args.fid_reference), fid_samples=args.fid_samples,
-                             fid_precision=args.fid_precision, progress=True)
+                             progress=True)
     training = load_json(args.training, "training summary") if args.training else {}
     save_json({"run": args.run, "method": settings["method"], "dataset": settings["dataset"],
                "iterations": args.iteration, "point": args.point, "device": str(model.device),
@@ -225,7 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
                 device=True)
     p.add_argument("--images", type=int, default=None, help="first N training images (default: all)")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--out", required=True)
 
     model_commands = (
@@ -244,7 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", default="end", help="the evaluation point of that iteration")
     p.add_argument("--fid-reference", required=True)
     p.add_argument("--fid-samples", type=int, required=True)
-    p.add_argument("--fid-precision", choices=["float32", "bfloat16"], default="float32")
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("--training", default=None, help="the run's training summary (final/training.json)")
     sub.choices["anomaly"].add_argument("--model-key", required=True, help="model the run belongs to (e.g. ours)")

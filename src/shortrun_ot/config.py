@@ -240,6 +240,15 @@ def all_run_settings(config: dict) -> dict[str, dict]:
     return settings
 
 
+def stage_settings(settings: dict) -> dict:
+    """What one iteration computes: a run's settings without ``iterations``.
+
+    A run's ``config.json``, which every stage reads, holds these, so that raising T only adds
+    iterations instead of invalidating the ones already computed.
+    """
+    return {key: value for key, value in settings.items() if key != "iterations"}
+
+
 def load_run_settings(path: str | Path) -> dict:
     """Read and validate a run's ``config.json`` (written by the workflow's ``run_config`` rule)."""
     try:
@@ -251,10 +260,14 @@ def load_run_settings(path: str | Path) -> dict:
 
 
 def check_run_settings(settings: dict, where: str) -> None:
-    """Validate a run's complete settings; ``where`` prefixes the key named in the error."""
+    """Validate the settings of a ``config.json`` (:func:`stage_settings`: all but ``iterations``);
+    ``where`` prefixes the key named in the error."""
     if not isinstance(settings, dict) or not isinstance(settings.get("method"), str):
         raise ConfigError(f"config key '{where}.method': a run's settings must name its method")
-    _check(settings, run_schema(settings["method"]), prefix=where)
+    schema = run_schema(settings["method"])
+    del schema["properties"]["iterations"]
+    schema["required"].remove("iterations")
+    _check(settings, schema, prefix=where)
 
 
 # ---------------------------------------------------------------- command-line values

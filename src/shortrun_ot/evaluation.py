@@ -39,10 +39,10 @@ from .metrics import (
 from .ot import assign
 
 
-def real_feature_statistics(images: torch.Tensor, inception, *, batch_size: int, device, precision: str,
+def real_feature_statistics(images: torch.Tensor, inception, *, batch_size: int, device,
                             progress: bool = False):
     """(mu, sigma) of Inception features of real images on the [-1, 1] scale."""
-    features = inception_features(data.to_unit_scale(images), inception, batch_size, device, progress, precision)
+    features = inception_features(data.to_unit_scale(images), inception, batch_size, device, progress)
     return feature_statistics(features)
 
 
@@ -60,7 +60,7 @@ def prior_distance(latents: torch.Tensor, seed: int) -> dict:
 
 
 def evaluate_model(model: TrainedModel, train_images: torch.Tensor, test_images: torch.Tensor, inception,
-                   real_stats, *, fid_samples: int, fid_precision: str, progress: bool = False) -> dict:
+                   real_stats, *, fid_samples: int, progress: bool = False) -> dict:
     """Table 1 metrics of one trained model (see the module docstring for the definitions)."""
     seconds = {}
     start = time.perf_counter()
@@ -71,7 +71,7 @@ def evaluate_model(model: TrainedModel, train_images: torch.Tensor, test_images:
     start = time.perf_counter()
     samples = model.sample(fid_samples)
     features = inception_features(data.to_unit_scale(samples), inception, model.protocol.batch_size, model.device,
-                                  progress, fid_precision)
+                                  progress)
     mu, sigma = feature_statistics(features)
     seconds["fid"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -86,7 +86,6 @@ def evaluate_model(model: TrainedModel, train_images: torch.Tensor, test_images:
         "fid": frechet_distance(mu, sigma, *real_stats[:2]),
         "fid_samples": fid_samples,
         "fid_real_images": int(real_stats[2]),
-        "fid_precision": fid_precision,
         **distance,
         "evaluation_seconds": seconds,
     }

@@ -1,5 +1,5 @@
 """Networks: the top-down generators g(z) of the paper's Table 7 (supplementary Table 1), the
-encoders that mirror them (for the encoder-based baselines), and small MLPs.
+encoders that mirror them (for the encoder-based baselines).
 
 The model is I = g(z) + eps, eps ~ N(0, sigma^2 I), z ~ N(0, I_d) (Sec. 3, Eq. 1).
 Images live on the [-1, 1] scale (Tanh output).
@@ -153,18 +153,6 @@ def build_encoder(architecture: str, outputs: int) -> nn.Module:
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
     return _xavier_normal(model)
-
-
-def mlp(sizes: list[int], activation=nn.ReLU, batch_norm: bool = False) -> nn.Sequential:
-    """Fully connected layers of the given sizes; ``activation`` (and batch norm) between them."""
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(nn.Linear(n_in, n_out))
-        if i < len(sizes) - 2:
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(n_out))
-            layers.append(activation())
-    return nn.Sequential(*layers)
 
 
 class frozen_batchnorm_statistics:

@@ -21,7 +21,7 @@ for _run, _method in METHODS.items():
                 run_dir=run_dir(_run),
                 first=_first,
                 last=_last,
-                    log:
+            log:
                 f"{run_dir(_run)}/logs/it{_first:04d}-{_last:04d}.log",
             threads: 1  # raise with --set-threads (README, "Performance")
             resources:

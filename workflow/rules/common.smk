@@ -5,7 +5,14 @@ import sys
 from snakemake.utils import min_version, validate
 
 from shortrun_ot import layout
-from shortrun_ot.config import anomaly_run, coerce_command_line_values, dataset_id, sweep_points, validate_config
+from shortrun_ot.config import (
+    anomaly_run,
+    coerce_command_line_values,
+    dataset_id,
+    stage_settings,
+    sweep_points,
+    validate_config,
+)
 from shortrun_ot.methods.base import StageRef
 from shortrun_ot.pipeline import build_method
 

@@ -11,26 +11,26 @@ rule fid_reference:
     params:
         images=lambda w: "" if w.n_real == "all" else f"--images {w.n_real}",
         batch_size=EVAL["batch_size"],
-        precision=EVAL["fid_precision"],
     log:
         f"{RESULTS}/fid/logs/{{dataset}}-{{n_real}}.log",
     wildcard_constraints:
         dataset="mnist|mnist5k",
         n_real=r"all|\d+",
+    priority: 1  # early, so that each run's evaluation can start as soon as the run is trained
     threads: 2
     resources:
         gpu=GPU,
         mem_mb=8000,
         runtime=60,
     shell:
-        "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} --precision {params.precision} "
+        "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} "
         "--batch-size {params.batch_size} --device {DEVICE} --out {output} > {log} 2>&1"
 
 
 EVALUATE = (
     "OMP_NUM_THREADS={threads} {CLI} evaluate --run {wildcards.run} --config {input.config} --data {input.data} "
     "--model {params.model} --iteration {params.iteration} --point {params.point} "
-    "--fid-reference {input.fid_reference} --fid-samples {params.fid_samples} --fid-precision {params.precision} "
+    "--fid-reference {input.fid_reference} --fid-samples {params.fid_samples} "
     "--test-steps {params.test_steps} {params.test_images} --batch-size {params.batch_size} {params.training} "
     "--device {DEVICE} --out {output} > {log} 2>&1"
 )
@@ -49,7 +49,6 @@ rule evaluate:
         training=lambda w: f"--training {run_dir(w.run)}/final/training.json",
         test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
         fid_samples=EVAL["fid_samples"],
-        precision=EVAL["fid_precision"],
         test_steps=EVAL["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:
@@ -76,7 +75,6 @@ rule evaluate_point:
         training="",
         test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
         fid_samples=EVAL["fid_samples"],
-        precision=EVAL["fid_precision"],
         test_steps=EVAL["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:

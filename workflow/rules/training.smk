@@ -2,14 +2,14 @@
 # (+ .pt.json manifest, .json report); the run's method says which stages iteration t has and which
 # earlier state files each reads (shortrun_ot.methods, shortrun_ot.layout). With
 # compute.iterations_per_job = B > 1, one job runs B iterations and writes the same files
-# (blocks.smk; docs, "Performance").
+# (blocks.smk; README, "Performance").
 
 
 rule run_config:
     output:
         f"{RUN}/config.json",
     params:
-        settings=lambda w: shlex.quote(json.dumps(SETTINGS[w.run], sort_keys=True)),
+        settings=lambda w: shlex.quote(json.dumps(stage_settings(SETTINGS[w.run]), sort_keys=True)),
     log:
         f"{RUN}/logs/config.log",
     localrule: True

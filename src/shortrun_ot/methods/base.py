@@ -21,6 +21,8 @@ from typing import ClassVar
 import torch
 
 from ..config import stage_rng
+from ..learning import make_optimizer
+from ..models import architecture_of, build_encoder, build_generator
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,9 @@ class Method:
     def __init__(self, settings: dict):
         self.settings = settings
         self.seed = settings["seed"]
-        self.iterations = settings["iterations"]
+        # T: known where the whole run is planned (the Snakefile); a stage computes one iteration
+        # from a run's config.json, which leaves T out (``config.stage_settings``), and needs none.
+        self.iterations = settings.get("iterations")
 
     # -- the schedule
     def stages(self, t: int) -> list[str]:
@@ -125,6 +129,41 @@ class Method:
     def previous(self, t: int) -> StageRef:
         """The state file that ends iteration t - 1 (its last stage)."""
         return StageRef(t - 1, self.stages(t - 1)[-1])
+
+
+class AutoencoderMethod(Method):
+    """A method that trains an encoder (mirroring the Table 7 generator) and the Table 7 generator as
+    its decoder with one Adam optimiser; its state files hold ``encoder``, ``decoder``, ``optimizer``."""
+
+    ENCODER_OUTPUTS_PER_LATENT: ClassVar[int] = 1  # a VAE's encoder gives a mean and a log-variance: 2
+
+    def networks(self):
+        architecture, d = architecture_of(self.settings["dataset"]), self.settings["latent_dim"]
+        encoder = build_encoder(architecture, self.ENCODER_OUTPUTS_PER_LATENT * d)
+        decoder = build_generator(architecture, d)
+        learning = self.settings["learning"]
+        optimizer = make_optimizer(torch.nn.ModuleList([encoder, decoder]), learning["lr"], learning["beta1"],
+                                   learning["beta2"])
+        return encoder, decoder, optimizer
+
+    def load(self, model: StateFile, device, with_optimizer: bool = False):
+        encoder, decoder, optimizer = self.networks()
+        encoder.load_state_dict(model["encoder"]), decoder.load_state_dict(model["decoder"])
+        encoder.to(device), decoder.to(device)
+        if with_optimizer:
+            optimizer.load_state_dict(model["optimizer"])
+        return encoder, decoder, optimizer
+
+    @staticmethod
+    def state(encoder, decoder, optimizer) -> dict:
+        return {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def init(self, t, inputs, ctx):
+        """Xavier-normal encoder and decoder (as the short-run method's generator) and a fresh Adam."""
+        torch.manual_seed(self.rng(0, "model").initial_seed())
+        encoder, decoder, optimizer = self.networks()
+        return self.state(encoder, decoder, optimizer), {
+            "parameters": sum(p.numel() for m in (encoder, decoder) for p in m.parameters())}
 
 
 def in_batches(function, tensor: torch.Tensor, batch_size: int, device) -> torch.Tensor:

@@ -24,9 +24,8 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from ..config import stage_rng
-from ..learning import make_optimizer, train_epoch
-from ..models import architecture_of, build_encoder, build_generator
-from .base import AutoencoderModel, Method, StageRef, in_batches
+from ..learning import train_epoch
+from .base import AutoencoderMethod, AutoencoderModel, StageRef, in_batches
 
 PROJECT_SIGMA = 0.3  # the sigma that sets this project's loss scale (Eq. 5)
 
@@ -58,15 +57,16 @@ def sample_mixture(mixture: dict, n: int, rng: torch.Generator) -> torch.Tensor:
     return (mixture["means"][component] + (factors[component] @ eps.unsqueeze(2)).squeeze(2)).float()
 
 
-class RAE(Method):
-    """An epoch of Adam per iteration; after the last, the ex-post density of the codes (``density``)."""
+class RAE(AutoencoderMethod):
+    """Per iteration an epoch of Adam (``learn``), then the ex-post density of the codes (``density``),
+    so that the model after any iteration can be sampled (a few seconds of EM beside the epoch)."""
 
     STAGES = ("init", "learn", "density")
 
     def stages(self, t):
         if t == 0:
             return ["init"]
-        return ["learn", "density"] if t == self.iterations else ["learn"]
+        return ["learn", "density"]
 
     def inputs(self, stage, t):
         if stage == "init":
@@ -74,32 +74,6 @@ class RAE(Method):
         if stage == "learn":
             return {"model": StageRef(t - 1, "learn") if t > 1 else StageRef(0, "init")}
         return {"model": StageRef(t, "learn")}
-
-    def networks(self):
-        architecture, d = architecture_of(self.settings["dataset"]), self.settings["latent_dim"]
-        encoder, decoder = build_encoder(architecture, d), build_generator(architecture, d)
-        learning = self.settings["learning"]
-        optimizer = make_optimizer(torch.nn.ModuleList([encoder, decoder]), learning["lr"], learning["beta1"],
-                                   learning["beta2"])
-        return encoder, decoder, optimizer
-
-    def load(self, model, device, with_optimizer=False):
-        encoder, decoder, optimizer = self.networks()
-        encoder.load_state_dict(model["encoder"]), decoder.load_state_dict(model["decoder"])
-        encoder.to(device), decoder.to(device)
-        if with_optimizer:
-            optimizer.load_state_dict(model["optimizer"])
-        return encoder, decoder, optimizer
-
-    @staticmethod
-    def state(encoder, decoder, optimizer):
-        return {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict()}
-
-    def init(self, t, inputs, ctx):
-        torch.manual_seed(self.rng(0, "model").initial_seed())
-        encoder, decoder, optimizer = self.networks()
-        return self.state(encoder, decoder, optimizer), {
-            "parameters": sum(p.numel() for m in (encoder, decoder) for p in m.parameters())}
 
     def learn(self, t, inputs, ctx):
         """One epoch of Adam on the RAE-L2 loss."""
@@ -123,10 +97,9 @@ class RAE(Method):
                          "smallest_weight": float(mixture["weights"].min())}
 
     def evaluation_points(self, t):
-        points = {"end": {"model": StageRef(t, "learn") if t > 0 else StageRef(0, "init")}}
-        if t == self.iterations:
-            points["end"]["density"] = StageRef(t, "density")
-        return points
+        if t == 0:  # no density yet: samples from N(0, I)
+            return {"end": {"model": StageRef(0, "init")}}
+        return {"end": {"model": StageRef(t, "learn"), "density": StageRef(t, "density")}}
 
     def trained_model(self, states, device, protocol):
         encoder, decoder, _ = self.load(states["model"], device)

@@ -67,7 +67,7 @@ class TwoStageVAE(Method):
     def __init__(self, settings):
         super().__init__(settings)
         self.first_iterations = settings["stage1_iterations"]
-        if self.first_iterations >= self.iterations:
+        if self.iterations is not None and self.first_iterations >= self.iterations:
             raise ConfigError(f"config key 'stage1_iterations': {self.first_iterations} leaves no iteration of "
                               f"stage 2 (iterations is {self.iterations})")
 

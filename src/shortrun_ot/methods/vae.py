@@ -17,9 +17,8 @@ import math
 import torch
 
 from ..config import stage_rng
-from ..learning import make_optimizer, train_epoch
-from ..models import architecture_of, build_encoder, build_generator
-from .base import AutoencoderModel, Method, StageRef
+from ..learning import train_epoch
+from .base import AutoencoderMethod, AutoencoderModel, StageRef
 
 
 def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -48,45 +47,18 @@ def negative_elbo(encoder, decoder, images: torch.Tensor, log_sigma, noise: torc
     return reconstruction + kl_weight * kl, reconstruction, kl
 
 
-class VAE(Method):
+class VAE(AutoencoderMethod):
     """One stage per iteration: an epoch of Adam on the negative ELBO."""
 
     STAGES = ("init", "learn")
     SCORES_ANOMALIES = True
+    ENCODER_OUTPUTS_PER_LATENT = 2  # mean and log-variance of q(z | I)
 
     def stages(self, t):
         return ["init"] if t == 0 else ["learn"]
 
     def inputs(self, stage, t):
         return {} if stage == "init" else {"model": self.previous(t)}
-
-    def networks(self):
-        architecture, d = architecture_of(self.settings["dataset"]), self.settings["latent_dim"]
-        encoder, decoder = build_encoder(architecture, 2 * d), build_generator(architecture, d)
-        learning = self.settings["learning"]
-        optimizer = make_optimizer(torch.nn.ModuleList([encoder, decoder]), learning["lr"], learning["beta1"],
-                                   learning["beta2"])
-        return encoder, decoder, optimizer
-
-    def load(self, model, device, with_optimizer=False):
-        encoder, decoder, optimizer = self.networks()
-        for module, key in ((encoder, "encoder"), (decoder, "decoder")):
-            module.load_state_dict(model[key])
-        encoder.to(device), decoder.to(device)
-        if with_optimizer:
-            optimizer.load_state_dict(model["optimizer"])
-        return encoder, decoder, optimizer
-
-    @staticmethod
-    def state(encoder, decoder, optimizer):
-        return {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict()}
-
-    def init(self, t, inputs, ctx):
-        """Xavier-normal encoder and decoder (as the generator of the short-run method)."""
-        torch.manual_seed(self.rng(0, "model").initial_seed())
-        encoder, decoder, optimizer = self.networks()
-        return self.state(encoder, decoder, optimizer), {
-            "parameters": sum(p.numel() for m in (encoder, decoder) for p in m.parameters())}
 
     def learn(self, t, inputs, ctx):
         """One epoch of Adam on the negative ELBO, one reparameterised sample per image."""
