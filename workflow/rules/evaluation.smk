@@ -16,7 +16,6 @@ rule fid_reference:
     wildcard_constraints:
         dataset="mnist|mnist5k",
         n_real=r"all|\d+",
-    priority: 1  # early, so that each run's evaluation can start as soon as the run is trained
     threads: 2
     resources:
         gpu=GPU,
