@@ -26,6 +26,23 @@ def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
     return path
 
 
+def with_figures(config: dict) -> dict:
+    """Add the mechanism figures (Figs. 2 and 5, Table 4, chain stability) and their runs to a tiny config."""
+    config["runs"] = {"digits01": {"method": "shortrun", "classes": [0, 1], "latent_dim": 2}}
+    config["sweeps"] = {
+        "alpha": {"runs": ["ours"], "key": "correction.alpha", "values": [0.0, 0.9]},
+        "step_size": {"runs": ["ours"], "key": "langevin.step_size", "values": [0.01, 0.05]},
+    }
+    config["figures"] = {
+        "figure2": {"run": "digits01"},
+        "figure5": {"sweep": "alpha", "fid_every": 2},
+        "table4": {"sweep": "step_size"},
+        "chain_stability": {"runs": ["ours"], "step_sizes": [0.01, 3.0], "steps": 5, "images": 20,
+                            "perturbation": 1e-3},
+    }
+    return config
+
+
 def snakemake(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     """Run the real Snakemake CLI of this environment in the repository."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]

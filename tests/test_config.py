@@ -75,6 +75,12 @@ BAD = {
                                  r"sweeps.s \(ours, 2.0\).correction.alpha"),
     "sweep of an unknown run": (_set("sweeps.s", {"runs": ["nosuch"], "key": "seed", "values": [1]}), "sweeps.s.runs"),
     "figure of an unknown sweep": (_set("figures.table4", {"sweep": "nosuch"}), "figures.table4.sweep"),
+    "Fig. 2 of a run with 30-D latents": (_set("figures.figure2.run", "ours"), "figures.figure2.run"),
+    "Fig. 2 of a run that never corrects": (_set("runs.ours-digits01.correction", {"alpha": 0.0}),
+                                            "figures.figure2.run"),
+    "Table 4 of a sweep over ABP": (_set("sweeps.step_size.runs", ["abp"]), "figures.table4.sweep"),
+    "Table 4 of a two-run sweep": (_set("sweeps.step_size.runs", ["ours", "abp"]), "figures.table4.sweep"),
+    "Fig. 2 of a VAE": (_set("runs.ours-digits01", {"method": "vae", "latent_dim": 2}), "figures.figure2.run"),
 }
 
 
@@ -181,6 +187,7 @@ def test_command_line_strings_become_the_schema_types():
         "evaluation": {"test_images": "null", "runs": ["ours"]},
         "anomaly": {"digits": ["1", "4"], "training": {"iterations": "10"}},
     })
+    given["figures"] = {}  # alpha = 0 everywhere: no run would correct for Fig. 2
     config = coerce_command_line_values(given)
     assert config["compute"] == {**PARAMS["compute"], "iterations_per_job": 10, "tf32": True}
     assert config["results"] == "2021", "a string field stays a string"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from shortrun_ot.langevin import DivergenceError, langevin_step, log_joint, short_run_inference
+from shortrun_ot.langevin import DivergenceError, chain_divergence, langevin_step, log_joint, short_run_inference
 
 
 def linear_generator(weight: torch.Tensor, bias: torch.Tensor):
@@ -82,3 +82,27 @@ def test_too_large_step_size_raises_divergence():
             linear_generator(weight, bias), torch.ones(8, 3), torch.ones(8, 3), steps=200, step_size=1.0,
             sigma=0.3, batch_size=8, rng=torch.Generator().manual_seed(0),
         )
+
+
+def test_chain_divergence_follows_the_linear_gaussian_closed_form():
+    """For g(z) = W z + b the posterior's Hessian is -H, H = W^T W / sigma^2 + I, and two chains with the same
+    noise differ by delta_k = (I - s^2 H / 2)^k delta_0: contraction iff s < 2 / sqrt(lambda_max(H))."""
+    torch.manual_seed(4)
+    d, D, sigma = 3, 8, 0.5
+    weight, bias = torch.randn(D, d, dtype=torch.float64), torch.randn(D, dtype=torch.float64)
+    g = linear_generator(weight, bias)
+    hessian = weight.T @ weight / sigma**2 + torch.eye(d, dtype=torch.float64)
+    critical = 2 / torch.linalg.eigvalsh(hessian).max().sqrt().item()
+    z, images = torch.randn(6, d, dtype=torch.float64), torch.randn(6, D, dtype=torch.float64)
+    for s in (0.5 * critical, 0.99 * critical, 1.01 * critical, 1.5 * critical):
+        rng = torch.Generator().manual_seed(5)
+        distances = chain_divergence(g, images, z, steps=40, step_size=s, sigma=sigma, perturbation=1e-6, rng=rng)
+        # the same stream: the first draw is the perturbation's direction
+        direction = torch.randn(z.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float32).double()
+        delta = 1e-6 * direction / direction.norm(dim=1, keepdim=True)
+        step = torch.eye(d, dtype=torch.float64) - s**2 / 2 * hessian
+        for k in (1, 10, 40):
+            expected = (delta @ torch.linalg.matrix_power(step, k).T).norm(dim=1)
+            torch.testing.assert_close(distances[k - 1], expected, rtol=1e-6, atol=1e-18)
+        grows = distances[-1].median() > 1e-6
+        assert grows == (s > critical), (s, critical)

@@ -6,6 +6,7 @@ import torch
 from sklearn.metrics import auc, precision_recall_curve
 
 from shortrun_ot.metrics import (auprc, feature_statistics, frechet_distance, inception_features,
+                                 latent_frechet_distance,
                                  load_statistics, reconstruction_mse, save_statistics)
 
 
@@ -139,3 +140,19 @@ def test_frechet_distance_runs_where_scipy_dropped_sqrtm_disp(monkeypatch):
     monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm_without_disp)
     assert "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters
     assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-10)
+
+
+def test_latent_frechet_distance_of_prior_samples_is_near_its_sampling_floor():
+    n, d = 20000, 10
+    z = torch.randn(n, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    floor = d * (d + 1) / (4 * n) + d / n  # expected value for n samples (see the docstring)
+    assert 0 < latent_frechet_distance(z) < 3 * floor
+
+
+@pytest.mark.parametrize("shift, scale", [(2.0, 1.0), (0.0, 3.0), (1.0, 0.5)])
+def test_latent_frechet_distance_of_a_shifted_scaled_gaussian_is_the_closed_form(shift, scale):
+    """N(m 1, c^2 I) against N(0, I): ||m 1||^2 + d (c - 1)^2."""
+    n, d = 50000, 8
+    z = shift + scale * torch.randn(n, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = d * shift**2 + d * (scale - 1) ** 2
+    assert latent_frechet_distance(z) == pytest.approx(expected, abs=0.05 * scale**2 + 0.01 * expected)

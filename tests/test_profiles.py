@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, with_figures
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "workflow" / "profiles"
-GPU_RULES = {"stage", "evaluate", "evaluate_point", "fid_reference", "anomaly_score"}
+GPU_RULES = {"stage", "evaluate", "evaluate_point", "fid_reference", "anomaly_score", "chain_stability"}
 RESOURCE_KEYS = {"gpu", "gres", "gpu_model", "mem_mb", "mem_mb_per_cpu", "runtime", "cpus_per_task",
                  "slurm_partition", "slurm_account"}
 
@@ -26,7 +26,7 @@ RESOURCE_KEYS = {"gpu", "gres", "gpu_model", "mem_mb", "mem_mb_per_cpu", "runtim
 def workflow_rules() -> set[str]:
     names = set()
     for path in (REPO / "workflow" / "rules").glob("*.smk"):
-        names |= set(re.findall(r"^rule (\w+):", path.read_text(), flags=re.M))
+        names |= set(re.findall(r"^\s*rule (\w+):", path.read_text(), flags=re.M))
     return names
 
 
@@ -52,9 +52,9 @@ def job_resources(dry_run_output: str) -> dict[str, list[dict[str, str]]]:
 
 
 def cluster_config(tmp: Path) -> Path:
-    """The tiny configuration on a GPU device (so GPU rules ask for one), with a Table 2 run."""
+    """The tiny configuration on a GPU device (so GPU rules ask for one), with a Table 2 run and the figures."""
     path = tiny_config(tmp)
-    config = yaml.safe_load(path.read_text())
+    config = with_figures(yaml.safe_load(path.read_text()))
     config["device"] = "cuda"
     config["training"]["iterations"] = 2
     config["anomaly"] = {"digits": [1], "seeds": 1, "test_langevin_steps": 3}
@@ -64,7 +64,7 @@ def cluster_config(tmp: Path) -> Path:
 
 def every_rule_targets(tmp: Path) -> list[str]:
     results = tmp / "results"
-    return ["all", str(results / "table2.csv"), str(results / "runs" / "ours" / "evaluation" / "end-it0002.json")]
+    return ["all", "figures", str(results / "table2.csv"), str(results / "runs" / "ours" / "evaluation" / "end-it0002.json")]
 
 
 @pytest.mark.parametrize("profile", ["slurm", "local"])
@@ -83,7 +83,7 @@ def test_slurm_profile_dry_run_gives_every_rule_resources(tmp_path):
     assert "Using profile workflow/profiles/slurm" in output
     jobs = job_resources(output)
     assert set(jobs) == workflow_rules() | {"all"}, "every rule of the workflow appears in the dry run"
-    del jobs["all"]  # the target rule runs nothing
+    del jobs["all"], jobs["figures"]  # the target rules run nothing
     for rule, resources in jobs.items():
         for job in resources:
             assert int(job["mem_mb"]) > 0 and int(job["runtime"]) > 0, (rule, job)

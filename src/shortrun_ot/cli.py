@@ -142,6 +142,87 @@ def cmd_grid(args):
     image_grid_figure(panels, args.out)
 
 
+def cmd_chain_stability(args):
+    from .evaluation import chain_stability
+    from .pipeline import load_training_images
+
+    settings, model = _trained_model(args, args.test_steps)
+    images = load_training_images(args.data, settings)
+    latents = model.latent_population(images)[: args.images]
+    images = images[: args.images]
+    rows = chain_stability(model, images, latents, step_sizes=args.step_sizes, steps=args.steps,
+                           perturbation=args.perturbation)
+    save_json({"run": args.run, "trained_step_size": settings["langevin"]["step_size"],
+               "device": str(model.device), "rows": rows}, args.out)
+
+
+def cmd_figure2(args):
+    from .figures import latent_evolution_figure
+    from .pipeline import load_state, load_training_images
+
+    settings = load_run_settings(args.config)
+    _, labels = load_training_images(args.data, settings, with_labels=True)
+    d = settings["latent_dim"]
+    panels = {}
+    for number, (t, path) in enumerate(sorted(_pairs(args.latents, "--latents").items(), key=lambda p: int(p[0]))):
+        panels[f"correction {number + 1} (iteration {int(t)})"] = (
+            load_state(path, settings).latents("latents", len(labels), d), labels)
+    prior = load_state(args.prior, settings).latents("prior", len(labels), d)
+    latent_evolution_figure(panels, prior, args.out)
+    print(json.dumps({"panels": [*panels, "prior sample"], "digits": sorted({int(x) for x in labels})}))
+
+
+def _sweep_files(items: list[str], what: str) -> dict[float, list[str]]:
+    """``VALUE=PATH`` arguments grouped by the (numeric) sweep value."""
+    grouped: dict[float, list[str]] = {}
+    for item in items:
+        value, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"{what} must be given as VALUE=PATH, got {item!r}")
+        grouped.setdefault(float(value), []).append(path)
+    return grouped
+
+
+def cmd_figure5(args):
+    from .figures import alpha_curves_figure
+    from .io import save_text
+    from .tables import sweep_curves, sweep_evaluations
+
+    histories = {value: paths[0] for value, paths in _sweep_files(args.history, "--history").items()}
+    curves = sweep_curves(histories)
+    evaluations = sweep_evaluations(_sweep_files(args.evaluations, "--evaluations"))
+    merged = curves.merge(evaluations.drop(columns=["ot_cost", "latent_fd"]), on=["value", "iteration"], how="left")
+    save_text(merged.rename(columns={"value": args.key}).to_csv(index=False), args.csv)
+    alpha_curves_figure(curves, evaluations, args.out, value_name=args.key)
+
+
+def cmd_table4(args):
+    from .tables import table4, write_table
+
+    first = lambda items, what: {v: p[0] for v, p in _sweep_files(items, what).items()}  # noqa: E731
+    write_table(table4(first(args.before, "--before"), first(args.after, "--after"), args.reference),
+                args.csv, args.markdown,
+                'Table 4: influence of the Langevin step size s. "before": the generator and inferred latents '
+                'right before the last correction; "after": the generator that learned from the corrected '
+                "latents, with those latents.")
+
+
+def cmd_chain_stability_figure(args):
+    import pandas as pd
+
+    from .figures import chain_stability_figure
+    from .io import load_json, save_text
+
+    rows = []
+    for path in args.results:
+        result = load_json(path, "chain stability")
+        rows += [{"run": result["run"], "trained_step_size": result["trained_step_size"],
+                  **{k: v for k, v in row.items() if k != "median_distance"}} for row in result["rows"]]
+    table = pd.DataFrame(rows)
+    save_text(table.to_csv(index=False), args.csv)
+    chain_stability_figure(table, args.out, threshold=1.0)
+
+
 def cmd_table1(args):
     from .tables import table1, write_table
 
@@ -231,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", cmd_evaluate, "Table 1 metrics of a model: MSE (train, test), FID, distance to the prior"),
         ("anomaly", cmd_anomaly, "anomaly AUPRC of a model trained without one digit (Table 2)"),
         ("grid", cmd_grid, "PNG grid of training images, reconstructions and samples (Fig. 4 layout)"),
+        ("chain-stability", cmd_chain_stability, "growth of a tiny perturbation between two Langevin chains"),
     )
     for name, func, help_text in model_commands:
         p = command(name, func, help_text, device=True)
@@ -247,6 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--training", default=None, help="the run's training summary (final/training.json)")
     sub.choices["anomaly"].add_argument("--model-key", required=True, help="model the run belongs to (e.g. ours)")
     sub.choices["grid"].add_argument("--count", type=int, default=100)
+    p = sub.choices["chain-stability"]
+    p.add_argument("--step-sizes", type=float, nargs="+", required=True)
+    p.add_argument("--steps", type=int, required=True, help="Langevin steps of each chain")
+    p.add_argument("--images", type=int, required=True, help="the first N training images (one batch)")
+    p.add_argument("--perturbation", type=float, required=True, help="norm of the initial perturbation")
+
+    p = command("figure2", cmd_figure2, "Fig. 2: 2-D inferred latents at each correction beside the prior")
+    p.add_argument("--latents", nargs="+", required=True, help="T=PATH: the inferred latents of correction iteration T")
+    p.add_argument("--prior", required=True, help="the run's init state (holds the prior sample)")
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = command("figure5", cmd_figure5, "Fig. 5: distance to the prior, MSE and FID over iterations per sweep value",
+                config=False, data=False)
+    p.add_argument("--key", required=True, help="the swept key's name (legend, CSV column)")
+    p.add_argument("--history", nargs="+", required=True, help="VALUE=PATH of each run's history.csv")
+    p.add_argument("--evaluations", nargs="+", required=True, help="VALUE=PATH of each evaluation JSON")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = command("table4", cmd_table4, "Table 4: metrics before and after the last correction per step size",
+                config=False, data=False)
+    p.add_argument("--before", nargs="+", required=True, help="VALUE=PATH of each before_correction evaluation")
+    p.add_argument("--after", nargs="+", required=True, help="VALUE=PATH of each after_correction evaluation")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+
+    p = command("chain-stability-figure", cmd_chain_stability_figure, "chain growth against step size, per run",
+                config=False, data=False)
+    p.add_argument("--results", nargs="+", required=True, help="chain_stability.json of each run")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
 
     p = sub.add_parser("table1", help="assemble Table 1 (CSV and Markdown)")
     p.set_defaults(func=cmd_table1)

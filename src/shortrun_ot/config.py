@@ -155,8 +155,36 @@ def _check_figures(config: dict, settings: dict) -> None:
             raise ConfigError(f"config key 'figures.{name}.run': {spec['run']!r} is not a run")
         if "sweep" in spec and spec["sweep"] not in config["sweeps"]:
             raise ConfigError(f"config key 'figures.{name}.sweep': {spec['sweep']!r} is not a key of 'sweeps'")
-    if "figure2" in figures and settings[figures["figure2"]["run"]]["latent_dim"] != 2:
-        raise ConfigError("config key 'figures.figure2.run': Fig. 2 draws 2-D latents; give the run latent_dim: 2")
+    if "figure2" in figures:
+        run = figures["figure2"]["run"]
+        if settings[run]["latent_dim"] != 2:
+            raise ConfigError("config key 'figures.figure2.run': Fig. 2 draws 2-D latents; give the run latent_dim: 2")
+        _check_corrects(run, settings[run], "figures.figure2.run")
+    for name in ("figure5", "table4"):
+        if name in figures:
+            if len(config["sweeps"][figures[name]["sweep"]]["runs"]) != 1:
+                raise ConfigError(f"config key 'figures.{name}.sweep': the sweep must have one base run (one curve "
+                                  "or column per value)")
+            for _, _, run in sweep_points(config, figures[name]["sweep"], settings):
+                _check_corrects(run, settings[run], f"figures.{name}.sweep", allow_none=name == "figure5")
+    for run in figures.get("chain_stability", {}).get("runs", []):
+        if run not in settings:
+            raise ConfigError(f"config key 'figures.chain_stability.runs': {run!r} is not a run")
+
+
+def correction_iterations(method) -> list[int]:
+    """The iterations 1..T of a planned run (``method.iterations`` = T) that have a ``correct`` stage."""
+    return [t for t in range(1, method.iterations + 1) if "correct" in method.stages(t)]
+
+
+def _check_corrects(run: str, run_settings_: dict, key: str, allow_none: bool = False) -> None:
+    """A figure of the correction needs runs that correct at least once (alpha = 0 allowed where it is a curve)."""
+    method = method_class(run_settings_["method"])(run_settings_)
+    if "correct" not in method.STAGES:
+        raise ConfigError(f"config key '{key}': run {run!r} (method {run_settings_['method']!r}) has no correction")
+    if not correction_iterations(method) and not (allow_none and run_settings_["correction"]["alpha"] == 0):
+        raise ConfigError(f"config key '{key}': run {run!r} never corrects (alpha = 0, or correction.every = "
+                          f"{run_settings_['correction']['every']} > iterations = {run_settings_['iterations']})")
 
 
 # ---------------------------------------------------------------- the runs

@@ -121,7 +121,8 @@ class Pipeline:
         self.anomaly_runs = {anomaly_run(model, digit, seed): model for model in self.anomaly["runs"]
                              for digit in self.anomaly["digits"] for seed in range(self.anomaly["seeds"])}
         self.sweeps = {key: (base, name) for name in self.config["sweeps"]
-                       for base, _, key in sweep_points(self.config, name, self.settings) if key != base}
+                       for base, _, key in sweep_points(self.config, name, self.settings)
+                       if key not in self.config["runs"]}  # a point equal to a run is that run
         self.snakemake = (f"--cores all --rerun-incomplete --rerun-triggers params input code software-env "
                           f"--configfile {overlay_file}")
         self.train_rules = ("run_config stage $(snakemake --list-rules --configfile "

@@ -21,6 +21,7 @@ Every trained system is a :class:`~shortrun_ot.methods.base.TrainedModel`; the d
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -102,3 +103,23 @@ def evaluate_anomaly(model: TrainedModel, test_images: torch.Tensor, is_anomaly:
         "anomalies": int(is_anomaly.sum()),
         "test_langevin_steps": model.protocol.langevin_steps,
     }
+
+
+def chain_stability(model: TrainedModel, images: torch.Tensor, latents: torch.Tensor, *, step_sizes: list[float],
+                    steps: int, perturbation: float) -> list[dict]:
+    """Where the inference chains turn chaotic: for each step size s, two Langevin chains of ``steps``
+    steps from the given latents and a copy perturbed by ``perturbation`` (same noise). ``growth`` is
+    the median over images of the final distance over the initial one: below 1 the chains merge (the
+    dynamics contract), above 1 they separate exponentially at the rate ``lyapunov`` per step."""
+    rows = []
+    for step_size in step_sizes:
+        distances = model.chain_divergence(images, latents, step_size=step_size, steps=steps,
+                                           perturbation=perturbation)
+        median = distances.median(dim=1).values
+        growth = median[-1].item() / perturbation
+        rows.append({
+            "step_size": step_size, "steps": steps, "perturbation": perturbation, "images": len(images),
+            "growth": growth, "lyapunov": math.log(growth) / steps if growth > 0 else float("-inf"),
+            "chaotic": growth > 1, "median_distance": median.tolist(),
+        })
+    return rows

@@ -29,3 +29,73 @@ def image_grid_figure(panels: dict[str, torch.Tensor], path: str | Path, columns
         ax.set_title(title)
         ax.axis("off")
     save_figure(fig, path)
+
+
+def _both_formats(fig, path: str | Path) -> None:
+    """Save ``fig`` as ``path`` (.png) and beside it as .pdf."""
+    path = Path(path)
+    atomic_write(path.with_suffix(".pdf"), lambda f: fig.savefig(f, format="pdf", bbox_inches="tight"))
+    save_figure(fig, path)
+
+
+def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], prior: torch.Tensor,
+                            path: str | Path, limit: float = 4.0) -> None:
+    """Fig. 2: 2-D latent populations coloured by digit, one panel per entry, and the prior sample last.
+
+    ``panels`` maps a title to (latents of shape (n, 2), digit labels); every panel has the same
+    fixed, equal axes [-limit, limit]^2, so that a population drifting out of the prior's range shows.
+    """
+    titles = [*panels, "prior sample"]
+    fig, axes = plt.subplots(1, len(titles), figsize=(2.6 * len(titles), 2.9), squeeze=False)
+    digits = sorted({int(d) for _, labels in panels.values() for d in labels})
+    colours = plt.get_cmap("tab10")
+    for ax, title in zip(axes[0], titles):
+        if title in panels:
+            z, labels = panels[title]
+            for i, digit in enumerate(digits):
+                chosen = labels == digit
+                ax.scatter(z[chosen, 0], z[chosen, 1], s=2, alpha=0.5, color=colours(i), label=f"digit {digit}")
+        else:
+            ax.scatter(prior[:, 0], prior[:, 1], s=2, alpha=0.5, color="0.3", label="N(0, I)")
+        ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
+    _both_formats(fig, path)
+
+
+def alpha_curves_figure(curves, evaluations, path: str | Path, value_name: str = "alpha") -> None:
+    """Fig. 5: per sweep value, the latents' distance to the prior and the training MSE over iterations
+    (``curves``: columns value, iteration, latent_fd, mse) and FID at the evaluated iterations
+    (``evaluations``: columns value, iteration, fid)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
+    colours = plt.get_cmap("viridis")
+    values = sorted(curves["value"].unique())
+    for i, value in enumerate(values):
+        colour = colours(i / max(len(values) - 1, 1))
+        curve = curves[curves["value"] == value].sort_values("iteration")
+        points = evaluations[evaluations["value"] == value].sort_values("iteration")
+        label = f"{value_name} = {value:g}"
+        axes[0].plot(curve["iteration"], curve["latent_fd"], color=colour, label=label)
+        axes[1].plot(curve["iteration"], curve["mse"], color=colour, label=label)
+        axes[2].plot(points["iteration"], points["fid"], "o-", color=colour, label=label)
+    axes[0].set(title="distance of q(z) to the prior", ylabel="Frechet distance to N(0, I)", yscale="log")
+    axes[1].set(title="reconstruction of the training images", ylabel="MSE", yscale="log")
+    axes[2].set(title="generation", ylabel="FID of prior samples")
+    for ax in axes:
+        ax.set_xlabel("iteration")
+    axes[2].legend(fontsize=8)
+    _both_formats(fig, path)
+
+
+def chain_stability_figure(table, path: str | Path, threshold: float) -> None:
+    """Growth of a tiny perturbation between two Langevin chains (same noise) against the step size,
+    one line per run (``table``: columns run, step_size, growth); above ``threshold`` the chains are chaotic."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for run, rows in table.groupby("run", sort=False):
+        rows = rows.sort_values("step_size")
+        ax.plot(rows["step_size"], rows["growth"], "o-", label=run)
+    ax.axhline(threshold, color="0.5", linestyle="--", linewidth=1, label="no growth")
+    ax.set(xscale="log", yscale="log", xlabel="Langevin step size s",
+           ylabel="median distance after K steps / initial distance")
+    ax.legend(fontsize=8)
+    _both_formats(fig, path)

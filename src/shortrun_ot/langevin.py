@@ -201,3 +201,25 @@ def short_run_inference(
     if not math.isfinite(stats.log_joint_start + stats.log_joint_end):
         raise DivergenceError(f"log p(I, z) became non-finite ({stats.log_joint_start}, {stats.log_joint_end})")
     return out, stats
+
+
+def chain_divergence(generator: Generator, images: torch.Tensor, z: torch.Tensor, *, steps: int, step_size: float,
+                     sigma: float, perturbation: float, rng: torch.Generator) -> torch.Tensor:
+    """Distance between two Langevin chains (Eq. 6) driven by the same noise, one started at ``z``, the
+    other at ``z`` plus a random perturbation of norm ``perturbation`` per example.
+
+    Returns the per-example distances after each step, shape (steps, n). For a posterior whose
+    log-density has Hessian -H (H positive definite), the map z -> z + (s^2/2) grad log p is a
+    contraction along an eigenvector of H with eigenvalue lambda exactly when |1 - s^2 lambda / 2| < 1,
+    i.e. s < 2 / sqrt(lambda_max): below that the two chains merge, beyond it they separate
+    exponentially and the chain no longer samples the posterior (it is chaotic).
+    """
+    direction = torch.randn(z.shape, generator=rng).to(z.device)
+    other = z + perturbation * direction / direction.norm(dim=1, keepdim=True)
+    distances = []
+    for _ in range(steps):
+        noise = torch.randn(z.shape, generator=rng).to(z.device)
+        z, _ = langevin_step(generator, z, images, step_size=step_size, sigma=sigma, noise=noise)
+        other, _ = langevin_step(generator, other, images, step_size=step_size, sigma=sigma, noise=noise)
+        distances.append((z - other).norm(dim=1).cpu())
+    return torch.stack(distances)

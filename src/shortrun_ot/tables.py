@@ -79,3 +79,48 @@ def markdown(table: pd.DataFrame, caption: str) -> str:
 def write_table(table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, caption: str) -> None:
     save_text(table.to_csv(index=False), csv_path)
     save_text(markdown(table, caption), md_path)
+
+
+def sweep_curves(histories: dict[float, str | Path]) -> pd.DataFrame:
+    """Per sweep value and iteration t >= 1: the inferred latents' distance to the prior (Frechet distance
+    of their Gaussian fit, mean norm), the training reconstruction MSE of that inference, and on
+    correction iterations the OT cost of the inferred latents to the prior sample (from ``history.csv``)."""
+    frames = []
+    for value, path in histories.items():
+        history = pd.read_csv(path)
+        history = history[history["iteration"] > 0]
+        frames.append(pd.DataFrame({
+            "value": value, "iteration": history["iteration"], "latent_fd": history["infer.latent_fd"],
+            "latent_norm": history["infer.latent_norm"], "mse": history["infer.mse"],
+            "ot_cost": history["correct.cost"] if "correct.cost" in history else float("nan"),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+EVALUATION_COLUMNS = ["mse_train", "mse_test", "fid", "fid_samples", "ot_cost", "ot_cost_prior_floor", "latent_fd"]
+
+
+def sweep_evaluations(evaluations: dict[float, list[str | Path]]) -> pd.DataFrame:
+    """One row per evaluation JSON (evaluate / evaluate_point) of each sweep value."""
+    rows = []
+    for value, paths in evaluations.items():
+        for path in paths:
+            m = json.loads(Path(path).read_text())
+            rows.append({"value": value, "run": m["run"], "iteration": m["iterations"], "point": m["point"],
+                         **{key: m[key] for key in EVALUATION_COLUMNS}})
+    return pd.DataFrame(rows)
+
+
+def table4(before: dict[float, str | Path], after: dict[float, str | Path], reference: str | Path) -> pd.DataFrame:
+    """Table 4: per step size s, the metrics "before" (the generator and latents right before the last
+    correction) and "after" (the generator that learned from the corrected latents, and those latents)."""
+    measured = sweep_evaluations({s: [before[s], after[s]] for s in before})
+    measured = measured.assign(point=measured["point"].str.removesuffix("_correction"), source="measured")
+    measured = measured.rename(columns={"value": "step_size"})
+    paper = paper_rows(reference, 4)
+    paper = paper.assign(step_size=paper["model"].str.removeprefix("s=").astype(float),
+                         point=paper["metric"].str.rsplit("_", n=1).str[1],
+                         metric=paper["metric"].str.rsplit("_", n=1).str[0])
+    paper = (paper.pivot_table(index=["step_size", "point"], columns="metric", values="value", sort=False)
+             .reset_index().rename(columns={"mse": "mse_train"}).assign(source="paper"))
+    return pd.concat([measured, paper], ignore_index=True)

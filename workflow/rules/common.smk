@@ -8,6 +8,7 @@ from shortrun_ot import layout
 from shortrun_ot.config import (
     anomaly_run,
     coerce_command_line_values,
+    correction_iterations,
     dataset_id,
     stage_settings,
     sweep_points,
@@ -35,6 +36,7 @@ RAW = config["data"]["raw_root"]
 EVAL = config["evaluation"]
 ANOMALY = config["anomaly"]
 FIGURES = config["figures"]
+PAPER_RESULTS = "workflow/resources/paper_results.csv"  # the papers' numbers (Tables 1, 2, 4)
 CLI = f"{shlex.quote(sys.executable)} -m shortrun_ot"
 DEVICE = config["device"]
 COMPUTE = config["compute"]
@@ -156,6 +158,51 @@ def anomaly_runs():
 
 def sweep_runs(name):
     return [key for _, _, key in sweep_points(config, name, SETTINGS)]
+
+
+def sweep_values(name):
+    """(value, run key) of each point of a one-base-run sweep (figures.figure5, figures.table4)."""
+    return [(value, key) for _, value, key in sweep_points(config, name, SETTINGS)]
+
+
+def figure2_inputs(w):
+    """Fig. 2: the inferred latents of every correction iteration of the figure's run, and its prior sample."""
+    run = FIGURES["figure2"]["run"]
+    method = METHODS[run]
+    latents = {f"latents{t}": str(layout.state_file(run_dir(run), StageRef(t, "infer")))
+               for t in correction_iterations(method)}
+    return {"config": f"{run_dir(run)}/config.json", "data": prepared_data_of(run),
+            "prior": str(layout.state_file(run_dir(run), StageRef(0, "init"))), **latents}
+
+
+def figure5_evaluations():
+    """VALUE -> evaluation files of each run of the Fig. 5 sweep: every fid_every-th iteration and the last."""
+    spec = FIGURES["figure5"]
+    files = {}
+    for value, run in sweep_values(spec["sweep"]):
+        T = final_iteration(run)
+        files[value] = [f"{run_dir(run)}/evaluation/end-it{t:04d}.json"
+                        for t in sorted({*range(spec["fid_every"], T + 1, spec["fid_every"]), T})]
+    return files
+
+
+def table4_evaluations(point):
+    """VALUE -> the evaluation of ``point`` (before_correction / after_correction) at each run's last correction."""
+    return {value: f"{run_dir(run)}/evaluation/{point}-it{correction_iterations(METHODS[run])[-1]:04d}.json"
+            for value, run in sweep_values(FIGURES["table4"]["sweep"])}
+
+
+def value_pairs(files):
+    """`VALUE=PATH ...` for the command line, from VALUE -> path or list of paths."""
+    return " ".join(f"{value}={path}" for value, paths in files.items()
+                    for path in ([paths] if isinstance(paths, str) else paths))
+
+
+def figure_targets():
+    """Every figure and ablation table the configuration declares."""
+    names = {"figure2": "figures/figure2.png", "figure5": "figures/figure5.png", "table4": "table4.csv",
+             "chain_stability": "figures/chain_stability.png"}
+    return [f"{RESULTS}/{names[name]}" for name in FIGURES]
 
 
 def stage_errors(main_logs):

@@ -1,6 +1,5 @@
 # Table 1 (MSE, FID, distance to the prior) and Table 2 (anomaly AUPRC): one protocol for every
 # run, whatever its method (shortrun_ot.evaluation; README, "Metrics").
-PAPER_RESULTS = "workflow/resources/paper_results.csv"
 
 
 rule fid_reference:

@@ -210,6 +210,13 @@ class TrainedModel:
     def anomaly_scores(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def chain_divergence(self, images: torch.Tensor, latents: torch.Tensor, *, step_size: float, steps: int,
+                         perturbation: float) -> torch.Tensor:
+        """Distances (steps, n) between two inference chains from ``latents`` and a perturbed copy,
+        driven by the same noise (``langevin.chain_divergence``); only for methods that infer by Langevin."""
+        raise NotImplementedError(f"method {self.settings['method']!r} infers no latents by Langevin dynamics, "
+                                  "so its chains have no stability to measure")
+
 
 class AutoencoderModel(TrainedModel):
     """A system with an encoder: the code of an image is the encoder's output (its first d outputs;

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..config import stage_rng
-from ..langevin import DivergenceError, log_joint, short_run_inference
+from ..langevin import DivergenceError, chain_divergence, log_joint, short_run_inference
 from ..learning import learn, make_optimizer
 from ..metrics import latent_frechet_distance
 from ..models import build_generator, architecture_of, frozen_batchnorm_statistics
@@ -243,6 +243,17 @@ class GeneratorModel(TrainedModel):
 
     def latent_population(self, train_images):
         return self.latents.latents("latents", len(train_images), self.latent_dim)
+
+    def chain_divergence(self, images, latents, *, step_size, steps, perturbation):
+        """Two chains as in training inference (batch-norm batch statistics, running ones untouched), one batch."""
+        self.generator.train()
+        try:
+            with frozen_batchnorm_statistics(self.generator):
+                return chain_divergence(self.generator, images.to(self.device), latents.to(self.device),
+                                        steps=steps, step_size=step_size, sigma=self.settings["sigma"],
+                                        perturbation=perturbation, rng=self.rng("chain-stability"))
+        finally:
+            self.generator.eval()
 
     def anomaly_scores(self, images):
         z = self.langevin_latents(images, "anomaly-langevin")

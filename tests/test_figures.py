@@ -1,0 +1,60 @@
+"""The mechanism figures (Figs. 2 and 5, Table 4, chain stability) built by the real workflow."""
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import snakemake, tiny_config, with_figures
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
+    path = tiny_config(tmp_path, compute={"iterations_per_job": 3, "cuda_graphs": False, "tf32": False}, iterations=3)
+    config = yaml.safe_load(path.read_text())
+    config["methods"]["shortrun"]["correction"]["every"] = 1
+    with_figures(config)
+    path.write_text(yaml.safe_dump(config))
+    snakemake("--configfile", "config/quick.yaml", str(path), "--", "figures")
+    results = tmp_path / "results"
+    for name in ("figure2", "figure5", "chain_stability"):
+        assert Image.open(results / "figures" / f"{name}.png").size[0] > 500
+        assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+
+    # Fig. 2: one panel per correction of the 2-D run (L = 1: iterations 1, 2, 3), then the prior sample
+    drawn = json.loads((results / "logs" / "figure2.log").read_text())
+    assert drawn["panels"] == ["correction 1 (iteration 1)", "correction 2 (iteration 2)",
+                               "correction 3 (iteration 3)", "prior sample"]
+    assert set(drawn["digits"]) == {0, 1}
+
+    # Fig. 5: alpha = 0 is the run abp itself; FID at every 2nd iteration and the last (2, 3) of both values
+    curves = pd.read_csv(results / "figures" / "figure5.csv")
+    assert sorted(curves["alpha"].unique()) == [0.0, 0.9]
+    assert len(curves) == 2 * 3 and curves["latent_fd"].gt(0).all()
+    assert curves.dropna(subset=["fid"]).groupby("alpha")["iteration"].apply(list).to_dict() == {0.0: [2, 3],
+                                                                                                  0.9: [2, 3]}
+    assert curves[curves["alpha"] == 0.9]["ot_cost"].notna().sum() == 3  # a correction every iteration
+    assert curves[curves["alpha"] == 0.0]["ot_cost"].isna().all()  # ABP never corrects
+    assert (results / "runs" / "abp" / "evaluation" / "end-it0003.json").is_file()
+
+    # Table 4: before and after the last correction (t = 3) per step size, beside the paper's four columns
+    table = pd.read_csv(results / "table4.csv")
+    measured = table[table["source"] == "measured"]
+    assert sorted(zip(measured["step_size"], measured["point"])) == [
+        (0.01, "after"), (0.01, "before"), (0.05, "after"), (0.05, "before")]
+    assert (measured["iteration"] == 3).all()
+    assert sorted(table[table["source"] == "paper"]["step_size"].unique()) == [0.003, 0.015, 0.03, 0.06]
+    before = json.loads((results / "runs" / "ours-step_size0.01" / "evaluation" /
+                         "before_correction-it0003.json").read_text())
+    after = json.loads((results / "runs" / "ours-step_size0.01" / "evaluation" /
+                        "after_correction-it0003.json").read_text())
+    assert before["point"] == "before_correction" and after["point"] == "after_correction"
+    assert before["latent_norm"] != after["latent_norm"]  # "after" reads the corrected latents
+
+    # chain stability: a tiny step contracts, a huge one blows a perturbation up
+    stability = pd.read_csv(results / "figures" / "chain_stability.csv").set_index("step_size")
+    assert stability.loc[0.01, "growth"] < 1 < stability.loc[3.0, "growth"]
+    assert not stability.loc[0.01, "chaotic"] and stability.loc[3.0, "chaotic"]
