@@ -9,6 +9,7 @@ import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+from mechanism_study import correction_kept  # noqa: E402
 from workflow_overhead import summarise  # noqa: E402
 
 
@@ -67,3 +68,19 @@ def test_workflow_overhead_is_the_share_outside_compute(tmp_path):
     # inside the jobs alone (start-up, loading, saving): (4.0 + 2.1) / (4.0 + 8.6)
     assert summary["job_overhead_share"] == pytest.approx(6.1 / 12.6)
     assert summarise([run], wall=None)["overhead_share"] is None
+
+
+def test_correction_kept_is_the_share_of_each_corrections_gain_the_next_inference_keeps():
+    import pandas as pd
+
+    nan = float("nan")
+    history = pd.DataFrame({
+        "iteration": [1, 2, 3, 4, 5, 6],
+        "infer.latent_fd": [4.0, 4.0, 3.0, 5.0, 2.6, 2.4],
+        # t = 2: 4 -> 2, the next inference ends at 3 (half kept); t = 4: 5 -> 2, next at 2.6 (80% kept);
+        # t = 5: 2.6 -> 2.5 is a cut under 10%, nothing to keep
+        "correct.latent_fd": [nan, 4.0, nan, 5.0, 2.6, nan],
+        "correct.latent_fd_after": [nan, 2.0, nan, 2.0, 2.5, nan],
+    })
+    assert correction_kept(history) == pytest.approx([0.5, 0.8])
+    assert correction_kept(history.drop(columns=["correct.latent_fd", "correct.latent_fd_after"])) == []

@@ -199,8 +199,9 @@ def cmd_figure5(args):
 def cmd_table4(args):
     from .tables import table4, write_table
 
-    first = lambda items, what: {v: p[0] for v, p in _sweep_files(items, what).items()}  # noqa: E731
-    write_table(table4(first(args.before, "--before"), first(args.after, "--after"), args.reference),
+    before = {value: paths[0] for value, paths in _sweep_files(args.before, "--before").items()}
+    after = {value: paths[0] for value, paths in _sweep_files(args.after, "--after").items()}
+    write_table(table4(before, after, args.reference),
                 args.csv, args.markdown,
                 'Table 4: influence of the Langevin step size s. "before": the generator and inferred latents '
                 'right before the last correction; "after": the generator that learned from the corrected '
