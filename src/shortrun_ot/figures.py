@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -39,14 +40,18 @@ def _both_formats(fig, path: str | Path) -> None:
 
 
 def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], prior: torch.Tensor,
-                            path: str | Path, limit: float = 4.0) -> None:
+                            path: str | Path) -> None:
     """Fig. 2: 2-D latent populations coloured by digit, one panel per entry, and the prior sample last.
 
-    ``panels`` maps a title to (latents of shape (n, 2), digit labels); every panel has the same
-    fixed, equal axes [-limit, limit]^2, so that a population drifting out of the prior's range shows.
+    ``panels`` maps a title to (latents of shape (n, 2), digit labels). Every panel has the same
+    fixed, equal axes [-limit, limit]^2, with limit the larger of 4 (the prior's range) and the
+    largest coordinate of any panel, so that a population drifting out of the prior's range shows
+    and no point is cut off.
     """
     titles = [*panels, "prior sample"]
-    fig, axes = plt.subplots(1, len(titles), figsize=(2.6 * len(titles), 2.9), squeeze=False)
+    largest = max(float(z.abs().max()) for z in [prior, *(z for z, _ in panels.values())])
+    limit = max(4.0, math.ceil(largest))
+    fig, axes = plt.subplots(1, len(titles), figsize=(3.0 * len(titles), 3.2), squeeze=False, layout="constrained")
     digits = sorted({int(d) for _, labels in panels.values() for d in labels})
     colours = plt.get_cmap("tab10")
     for ax, title in zip(axes[0], titles):
@@ -57,7 +62,8 @@ def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]]
                 ax.scatter(z[chosen, 0], z[chosen, 1], s=2, alpha=0.5, color=colours(i), label=f"digit {digit}")
         else:
             ax.scatter(prior[:, 0], prior[:, 1], s=2, alpha=0.5, color="0.3", label="N(0, I)")
-        ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
+        ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
+        ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
     _both_formats(fig, path)
