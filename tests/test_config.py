@@ -81,6 +81,8 @@ BAD = {
     "Table 4 of a sweep over ABP": (_set("sweeps.step_size.runs", ["abp"]), "figures.table4.sweep"),
     "Table 4 of a two-run sweep": (_set("sweeps.step_size.runs", ["ours", "abp"]), "figures.table4.sweep"),
     "Fig. 2 of a VAE": (_set("runs.ours-digits01", {"method": "vae", "latent_dim": 2}), "figures.figure2.run"),
+    "chain stability of an unknown run": (_set("figures.chain_stability.runs", ["ours", "nosuch"]),
+                                          "figures.chain_stability.runs"),
 }
 
 

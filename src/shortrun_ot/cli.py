@@ -26,15 +26,35 @@ def _context(args) -> str:
     return ", ".join(parts)
 
 
+def _split_pair(item: str, what: str, form: str) -> tuple[str, str]:
+    """``KEY=PATH`` -> (KEY, PATH); ``form`` names the expected form in the error."""
+    key, sep, path = item.partition("=")
+    if not sep or not key or not path:
+        raise ValueError(f"{what} must be given as {form}, got {item!r}")
+    return key, path
+
+
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
     """``role=path`` arguments as a dict."""
-    pairs = {}
-    for item in items or []:
-        role, sep, path = item.partition("=")
-        if not sep or not role or not path:
-            raise ValueError(f"{what} must be given as ROLE=PATH, got {item!r}")
-        pairs[role] = path
-    return pairs
+    return dict(_split_pair(item, what, "ROLE=PATH") for item in items or [])
+
+
+def _sweep_files(items: list[str], what: str) -> dict[float, list[str]]:
+    """``VALUE=PATH`` arguments grouped by the (numeric) sweep value."""
+    grouped: dict[float, list[str]] = {}
+    for item in items:
+        value, path = _split_pair(item, what, "VALUE=PATH")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"{what}: the sweep value of {item!r} is not a number") from None
+        grouped.setdefault(number, []).append(path)
+    return grouped
+
+
+def _sweep_file(items: list[str], what: str) -> dict[float, str]:
+    """``VALUE=PATH`` arguments with one path per sweep value."""
+    return {value: paths[0] for value, paths in _sweep_files(items, what).items()}
 
 
 def cmd_prepare(args):
@@ -172,23 +192,12 @@ def cmd_figure2(args):
     print(json.dumps({"panels": [*panels, "prior sample"], "digits": sorted({int(x) for x in labels})}))
 
 
-def _sweep_files(items: list[str], what: str) -> dict[float, list[str]]:
-    """``VALUE=PATH`` arguments grouped by the (numeric) sweep value."""
-    grouped: dict[float, list[str]] = {}
-    for item in items:
-        value, sep, path = item.partition("=")
-        if not sep:
-            raise ValueError(f"{what} must be given as VALUE=PATH, got {item!r}")
-        grouped.setdefault(float(value), []).append(path)
-    return grouped
-
-
 def cmd_figure5(args):
     from .figures import alpha_curves_figure
     from .io import save_text
     from .tables import sweep_curves, sweep_evaluations
 
-    histories = {value: paths[0] for value, paths in _sweep_files(args.history, "--history").items()}
+    histories = _sweep_file(args.history, "--history")
     curves = sweep_curves(histories)
     evaluations = sweep_evaluations(_sweep_files(args.evaluations, "--evaluations"))
     merged = curves.merge(evaluations.drop(columns=["ot_cost", "latent_fd"]), on=["value", "iteration"], how="left")
@@ -199,9 +208,7 @@ def cmd_figure5(args):
 def cmd_table4(args):
     from .tables import table4, write_table
 
-    before = {value: paths[0] for value, paths in _sweep_files(args.before, "--before").items()}
-    after = {value: paths[0] for value, paths in _sweep_files(args.after, "--after").items()}
-    write_table(table4(before, after, args.reference),
+    write_table(table4(_sweep_file(args.before, "--before"), _sweep_file(args.after, "--after"), args.reference),
                 args.csv, args.markdown,
                 'Table 4: influence of the Langevin step size s. "before": the generator and inferred latents '
                 'right before the last correction; "after": the generator that learned from the corrected '

@@ -153,6 +153,9 @@ def _check_figures(config: dict, settings: dict) -> None:
     for name, spec in figures.items():
         if "run" in spec and spec["run"] not in settings:
             raise ConfigError(f"config key 'figures.{name}.run': {spec['run']!r} is not a run")
+        for run in spec.get("runs", []):
+            if run not in settings:
+                raise ConfigError(f"config key 'figures.{name}.runs': {run!r} is not a run")
         if "sweep" in spec and spec["sweep"] not in config["sweeps"]:
             raise ConfigError(f"config key 'figures.{name}.sweep': {spec['sweep']!r} is not a key of 'sweeps'")
     if "figure2" in figures:
@@ -167,9 +170,6 @@ def _check_figures(config: dict, settings: dict) -> None:
                                   "or column per value)")
             for _, _, run in sweep_points(config, figures[name]["sweep"], settings):
                 _check_corrects(run, settings[run], f"figures.{name}.sweep", allow_none=name == "figure5")
-    for run in figures.get("chain_stability", {}).get("runs", []):
-        if run not in settings:
-            raise ConfigError(f"config key 'figures.chain_stability.runs': {run!r} is not a run")
 
 
 def correction_iterations(method) -> list[int]:
