@@ -160,6 +160,9 @@ METHOD_SETTINGS = {  # a few cheap stages of every method; 2sVAE: 2 epochs of ea
     "vae": {"elbo_samples": 2},
     "two_stage_vae": {"stage1_iterations": 1, "second": {"depth": 1, "width": 16}},
     "rae": {"mixture_components": 2},
+    "sri": {"langevin": {"steps": 2, "step_size": 0.05}},
+    "lebm": {"langevin": {"steps": 2, "step_size": 0.05}, "prior_langevin": {"steps": 3, "step_size": 0.3},
+             "ebm": {"width": 8}},
 }
 
 

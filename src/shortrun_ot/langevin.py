@@ -10,16 +10,25 @@ import torch
 from tqdm.auto import tqdm
 
 Generator = Callable[[torch.Tensor], torch.Tensor]
+#: log p(z) up to a constant, per example; ``None`` stands for the standard normal prior -||z||^2 / 2.
+LogPrior = Callable[[torch.Tensor], torch.Tensor] | None
 
 
 class DivergenceError(RuntimeError):
     """Langevin dynamics produced non-finite latents (step size too large)."""
 
 
-def log_joint(generator: Generator, z: torch.Tensor, images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Per-example log p(I, z) up to its constant (Eq. 5): -||I - g(z)||^2 / (2 sigma^2) - ||z||^2 / 2."""
+def standard_normal_log_prior(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) up to its constant, per example: -||z||^2 / 2."""
+    return -z.pow(2).sum(1) / 2
+
+
+def log_joint(generator: Generator, z: torch.Tensor, images: torch.Tensor, sigma: float,
+              log_prior: LogPrior = None) -> torch.Tensor:
+    """Per-example log p(I, z) up to its constant (Eq. 5): -||I - g(z)||^2 / (2 sigma^2) + log p(z), with
+    log p(z) = -||z||^2 / 2 unless ``log_prior`` gives another prior (LEBM's f(z) - ||z||^2 / 2)."""
     residual = (images - generator(z)).flatten(1)
-    return -residual.pow(2).sum(1) / (2 * sigma**2) - z.pow(2).sum(1) / 2
+    return -residual.pow(2).sum(1) / (2 * sigma**2) + (log_prior or standard_normal_log_prior)(z)
 
 
 def langevin_step(
@@ -30,6 +39,7 @@ def langevin_step(
     step_size: float,
     sigma: float,
     noise: torch.Tensor,
+    log_prior: LogPrior = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of Eq. (6): z + (s^2/2) grad_z log p(z|I) + s xi, with the gradient per example.
 
@@ -38,9 +48,24 @@ def langevin_step(
     Returns the new z and log p(I, z) at the old z.
     """
     z = z.detach().requires_grad_(True)
-    log_p = log_joint(generator, z, images, sigma)
+    log_p = log_joint(generator, z, images, sigma, log_prior)
     (grad,) = torch.autograd.grad(log_p.sum(), z)
     return (z + 0.5 * step_size**2 * grad + step_size * noise).detach(), log_p.detach()
+
+
+def prior_langevin(log_prior: LogPrior, z: torch.Tensor, *, steps: int, step_size: float,
+                   rng: torch.Generator) -> torch.Tensor:
+    """``steps`` Langevin steps z <- z + (s^2/2) grad log p(z) + s xi on the prior alone (no image): the
+    sampler of a latent-space energy-based prior (Pang et al. 2020, Eq. 10). Noise from ``rng`` (CPU)."""
+    log_prior = log_prior or standard_normal_log_prior
+    for _ in range(steps):
+        noise = torch.randn(z.shape, generator=rng).to(z.device)
+        z = z.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(log_prior(z).sum(), z)
+        z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
+    if not torch.isfinite(z).all():
+        raise DivergenceError(f"prior Langevin latents became non-finite (step size {step_size}, {steps} steps)")
+    return z
 
 
 @dataclass
@@ -56,7 +81,7 @@ class InferenceStats:
     backoff: list | None = None
 
 
-def _chain(generator, batch, z, noise, *, step_size, sigma):
+def _chain(generator, batch, z, noise, *, step_size, sigma, log_prior=None):
     """K = len(noise) Langevin steps; (z_K, log p at z_0, per-step finiteness flags).
 
     Nothing here waits for the device, so that the chain can be captured as a CUDA graph;
@@ -64,7 +89,8 @@ def _chain(generator, batch, z, noise, *, step_size, sigma):
     """
     log_p_start, finite = None, []
     for k in range(len(noise)):
-        z, log_p = langevin_step(generator, z, batch, step_size=step_size, sigma=sigma, noise=noise[k])
+        z, log_p = langevin_step(generator, z, batch, step_size=step_size, sigma=sigma, noise=noise[k],
+                                 log_prior=log_prior)
         log_p_start = log_p if k == 0 else log_p_start
         finite.append(torch.isfinite(log_p).all())
         if z.device.type == "cpu" and not finite[-1]:  # arithmetic on Inf/NaN is slow and pointless
@@ -83,9 +109,10 @@ class GraphedChain:
 
     WARMUP_STEPS = 3
 
-    def __init__(self, generator, batch, z, noise, *, step_size, sigma):
+    def __init__(self, generator, batch, z, noise, *, step_size, sigma, log_prior=None):
         self.inputs = (batch.clone(), z.clone(), noise.clone())
-        chain = lambda b, z0, xi: _chain(generator, b, z0, xi, step_size=step_size, sigma=sigma)  # noqa: E731
+        chain = lambda b, z0, xi: _chain(generator, b, z0, xi, step_size=step_size, sigma=sigma,  # noqa: E731
+                                         log_prior=log_prior)
         side = torch.cuda.Stream(batch.device)
         side.wait_stream(torch.cuda.current_stream(batch.device))
         with torch.cuda.stream(side):  # warm-up outside the capture (autograd, cuBLAS handles)
@@ -102,18 +129,20 @@ class GraphedChain:
         return tuple(out.clone() for out in self.outputs)
 
 
-def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs):
+def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs, log_prior=None):
     """K Langevin steps for one batch; (z, sum of log p at the start, at the end) or DivergenceError.
 
     ``graphs`` (a dict, or None for eager execution) caches one GraphedChain per batch shape.
     """
     noise = torch.randn((steps, *z.shape), generator=rng).to(z.device)
     if graphs is None:
-        z, log_p_start, finite = _chain(generator, batch, z, noise, step_size=step_size, sigma=sigma)
+        z, log_p_start, finite = _chain(generator, batch, z, noise, step_size=step_size, sigma=sigma,
+                                        log_prior=log_prior)
     else:
         key = tuple(z.shape)
         if key not in graphs:
-            graphs[key] = GraphedChain(generator, batch, z, noise, step_size=step_size, sigma=sigma)
+            graphs[key] = GraphedChain(generator, batch, z, noise, step_size=step_size, sigma=sigma,
+                                       log_prior=log_prior)
         z, log_p_start, finite = graphs[key](batch, z, noise)
     if not finite.all():
         first = int((~finite).nonzero()[0]) + 1
@@ -123,7 +152,7 @@ def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs)
     if not torch.isfinite(z).all():
         raise DivergenceError(f"Langevin latents became non-finite in examples {lo}..{lo + len(z) - 1}")
     with torch.no_grad():
-        end = log_joint(generator, z, batch, sigma).sum().item()
+        end = log_joint(generator, z, batch, sigma, log_prior).sum().item()
     start = log_p_start.sum().item()
     if not (math.isfinite(start) and math.isfinite(end)):
         raise DivergenceError(
@@ -146,6 +175,7 @@ def short_run_inference(
     progress: bool = False,
     backoff: int = 0,
     cuda_graph: bool = False,
+    log_prior: LogPrior = None,
 ) -> tuple[torch.Tensor, InferenceStats]:
     """K-step Langevin dynamics (Eq. 7) from ``z_init`` for every image, in batches.
 
@@ -157,6 +187,7 @@ def short_run_inference(
     ``backoff`` > 0 (opt-in) retries a diverged batch up to that many times, each time from the
     same starting latents and noise with half the step size; ``stats.backoff`` lists what fired.
     ``cuda_graph`` replays each batch's chain as a CUDA graph (GraphedChain) on a CUDA device.
+    ``log_prior`` replaces the standard normal prior of Eq. (5) (LEBM's learned prior).
     """
     n = images.shape[0]
     out = torch.empty_like(z_init)
@@ -172,7 +203,8 @@ def short_run_inference(
         for attempt in range(backoff + 1):
             try:
                 z, start, end = _run_batch(generator, batch, z0, steps=steps, step_size=size, sigma=sigma,
-                                           rng=rng, lo=lo, graphs=graphs if size == step_size else None)
+                                           rng=rng, lo=lo, graphs=graphs if size == step_size else None,
+                                           log_prior=log_prior)
                 break
             except DivergenceError as exc:
                 if attempt == backoff:
@@ -204,7 +236,8 @@ def short_run_inference(
 
 
 def chain_divergence(generator: Generator, images: torch.Tensor, z: torch.Tensor, *, steps: int, step_size: float,
-                     sigma: float, perturbation: float, rng: torch.Generator) -> torch.Tensor:
+                     sigma: float, perturbation: float, rng: torch.Generator,
+                     log_prior: LogPrior = None) -> torch.Tensor:
     """Distance between two Langevin chains (Eq. 6) driven by the same noise, one started at ``z``, the
     other at ``z`` plus a random perturbation of norm ``perturbation`` per example.
 
@@ -219,7 +252,8 @@ def chain_divergence(generator: Generator, images: torch.Tensor, z: torch.Tensor
     distances = []
     for _ in range(steps):
         noise = torch.randn(z.shape, generator=rng).to(z.device)
-        z, _ = langevin_step(generator, z, images, step_size=step_size, sigma=sigma, noise=noise)
-        other, _ = langevin_step(generator, other, images, step_size=step_size, sigma=sigma, noise=noise)
+        z, _ = langevin_step(generator, z, images, step_size=step_size, sigma=sigma, noise=noise, log_prior=log_prior)
+        other, _ = langevin_step(generator, other, images, step_size=step_size, sigma=sigma, noise=noise,
+                                 log_prior=log_prior)
         distances.append((z - other).norm(dim=1).cpu())
     return torch.stack(distances)

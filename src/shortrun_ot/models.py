@@ -1,5 +1,6 @@
 """Networks: the top-down generators g(z) of the paper's Table 7 (supplementary Table 1), the
-encoders that mirror them (for the encoder-based baselines).
+encoders that mirror them (for the encoder-based baselines), the latent hierarchy that SRI (L = 5)
+puts on top of a Table 7 generator, and LEBM's energy-based prior.
 
 The model is I = g(z) + eps, eps ~ N(0, sigma^2 I), z ~ N(0, I_d) (Sec. 3, Eq. 1).
 Images live on the [-1, 1] scale (Tanh output).
@@ -76,8 +77,63 @@ class DcganGenerator(nn.Module):
         return self.net(z)
 
 
-def build_generator(architecture: str, latent_dim: int) -> nn.Module:
-    """The Table 7 generator for ``architecture`` with Xavier-normal initialisation (supp. Sec. C)."""
+class HierarchicalGenerator(nn.Module):
+    """Latent layers stacked top-down on a Table 7 generator (SRI with L latent layers, Nijkamp et al. 2020).
+
+    The latent vector is the concatenation (top layer first) of standard-normal layers
+    e_1, ..., e_L, so that its prior is N(0, I) as in Eq. (1) and the same Langevin dynamics (Eq. 6)
+    infer all layers jointly. Top-down: h_1 = GELU(W_1 e_1); each lower layer l is a Gaussian given
+    the layers above, z_l = mu_l(h_{l-1}) + softplus(rho_l(h_{l-1})) * e_l (their code's
+    reparameterised ``Stochastic`` layer), and enters the network at its own depth,
+    h_l = h_{l-1} + GELU(W_l [h_{l-1}, z_l]) (a residual block, like their skip connections).
+    The bottom layer z_L (``latent_dim``, the paper's d) is the input of the Table 7 generator.
+    """
+
+    def __init__(self, bottom: nn.Module, upper_latent_dims: list[int], latent_dim: int, width: int = 256):
+        super().__init__()
+        self.dims = [*upper_latent_dims, latent_dim]
+        self.top = nn.Sequential(nn.Linear(self.dims[0], width), nn.GELU())
+        self.means = nn.ModuleList(nn.Linear(width, d) for d in self.dims[1:])
+        self.scales = nn.ModuleList(nn.Linear(width, d) for d in self.dims[1:])
+        self.mixers = nn.ModuleList(nn.Sequential(nn.Linear(width + d, width), nn.GELU()) for d in self.dims[1:-1])
+        self.bottom = bottom
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        layers = e.split(self.dims, dim=1)
+        h = self.top(layers[0])
+        for level, e_l in enumerate(layers[1:]):
+            z_l = self.means[level](h) + nn.functional.softplus(self.scales[level](h)) * e_l
+            if level == len(self.mixers):  # the bottom layer: the Table 7 generator's input
+                return self.bottom(z_l)
+            h = h + self.mixers[level](torch.cat([h, z_l], dim=1))
+
+
+class EnergyPrior(nn.Module):
+    """f_alpha of LEBM (Pang et al. 2020): an MLP d -> width -> width -> 1 with GELU (their code),
+    the prior p_alpha(z) proportional to exp(f_alpha(z)) N(z; 0, I). PyTorch's default initialisation."""
+
+    def __init__(self, latent_dim: int, width: int = 200):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(latent_dim, width), nn.GELU(), nn.Linear(width, width), nn.GELU(),
+                                 nn.Linear(width, 1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """f_alpha(z) per example, shape (n,)."""
+        return self.net(z).squeeze(1)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p_alpha(z) up to log Z_alpha: f_alpha(z) - ||z||^2 / 2."""
+        return self(z) - z.pow(2).sum(1) / 2
+
+
+def build_generator(architecture: str, latent_dim: int, upper_latent_dims: list[int] = ()) -> nn.Module:
+    """The Table 7 generator for ``architecture`` with Xavier-normal initialisation (supp. Sec. C); with
+    ``upper_latent_dims`` (top first), those latent layers above it (:class:`HierarchicalGenerator`)."""
+    if upper_latent_dims:
+        hierarchy = HierarchicalGenerator(build_generator(architecture, latent_dim), list(upper_latent_dims), latent_dim)
+        for part in (hierarchy.top, hierarchy.means, hierarchy.scales, hierarchy.mixers):
+            _xavier_normal(part)
+        return hierarchy
     if architecture == "mnist":
         model = MnistGenerator(latent_dim, channels=ARCHITECTURES["mnist"]["image_shape"][0])
     elif architecture == "svhn":  # 1x1 -> 2x2x512 -> 4, 8, 16, 32

@@ -51,7 +51,7 @@ rule evaluate:
         batch_size=EVAL["batch_size"],
     log:
         f"{RUN}/logs/evaluate.log",
-    threads: 2
+    threads: 1  # one thread: evaluations pack beside training jobs (raise with --set-threads evaluate=N)
     resources:
         gpu=GPU,
         mem_mb=16000,
@@ -122,7 +122,7 @@ rule anomaly_score:
         f"{RUN}/logs/anomaly.log",
     wildcard_constraints:
         run=r"[A-Za-z0-9_.-]+-holdout\d-seed\d+",
-    threads: 2
+    threads: 1  # as evaluate
     resources:
         gpu=GPU,
         mem_mb=8000,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from ..config import stage_rng
-from ..langevin import DivergenceError, chain_divergence, log_joint, short_run_inference
+from ..langevin import DivergenceError, LogPrior, chain_divergence, log_joint, short_run_inference, standard_normal_log_prior
 from ..learning import learn, make_optimizer
 from ..metrics import latent_frechet_distance
 from ..models import build_generator, architecture_of, frozen_batchnorm_statistics
@@ -27,7 +27,14 @@ from .base import EvaluationProtocol, Method, StageRef, StateFile, TrainedModel,
 
 
 def new_generator(settings: dict) -> torch.nn.Module:
-    return build_generator(architecture_of(settings["dataset"]), settings["latent_dim"])
+    """The Table 7 generator of the run's dataset, under the latent layers ``upper_latent_dims`` if the run has them."""
+    return build_generator(architecture_of(settings["dataset"]), settings["latent_dim"],
+                           settings.get("upper_latent_dims", ()))
+
+
+def latent_size(settings: dict) -> int:
+    """Length of the latent vector that inference infers: d, plus the upper latent layers of a hierarchy."""
+    return settings["latent_dim"] + sum(settings.get("upper_latent_dims", ()))
 
 
 def load_generator(model: StateFile, settings: dict, device, with_optimizer: bool = False):
@@ -51,8 +58,9 @@ def load_generator(model: StateFile, settings: dict, device, with_optimizer: boo
 
 
 def infer_latents(settings: dict, generator, images, z0, rng, device, progress=False, cuda_graph=False,
-                  steps: int | None = None):
-    """K-step short-run Langevin (Eq. 7) from ``z0`` with batch-norm batch statistics, as in learning."""
+                  steps: int | None = None, log_prior: LogPrior = None):
+    """K-step short-run Langevin (Eq. 7) from ``z0`` with batch-norm batch statistics, as in learning;
+    ``log_prior``: a prior other than N(0, I) (LEBM)."""
     langevin = settings["langevin"]
     generator.train()
     try:
@@ -60,7 +68,7 @@ def infer_latents(settings: dict, generator, images, z0, rng, device, progress=F
             return short_run_inference(
                 generator, images, z0, steps=steps or langevin["steps"], step_size=langevin["step_size"],
                 sigma=settings["sigma"], batch_size=settings["batch_size"], rng=rng, device=device,
-                progress=progress, backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph,
+                progress=progress, backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph, log_prior=log_prior,
             )
     except DivergenceError as exc:
         raise DivergenceError(f"{exc}; lower 'langevin.step_size' (now {langevin['step_size']}) in params.yaml "
@@ -96,6 +104,14 @@ class ShortRunOT(Method):
     STAGES = ("init", "infer", "correct", "learn")
     SCORES_ANOMALIES = True
 
+    def persistent_chains(self) -> bool:
+        """Sec. 5.1: inference starts from the previous iteration's latents (else from fresh noise)."""
+        return self.settings["langevin"]["persistent"]
+
+    def log_prior(self, model: StateFile, device) -> LogPrior:
+        """log p(z) of the model state ``model``; None: the fixed N(0, I) of Eq. (1)."""
+        return None
+
     def corrects(self, t: int) -> bool:
         """Alg. 1, line 8: correct when t % L == 0; never when alpha == 0 (ABP)."""
         correction = self.settings["correction"]
@@ -120,7 +136,7 @@ class ShortRunOT(Method):
             return {}
         if stage == "infer":
             inputs = {"model": self.model_after(t - 1)}
-            if self.settings["langevin"]["persistent"]:
+            if self.persistent_chains():
                 inputs["latents"] = self.latents_after(t - 1)
             return inputs
         if stage == "correct":
@@ -141,7 +157,7 @@ class ShortRunOT(Method):
         generator = new_generator(self.settings)
         learning = self.settings["learning"]
         optimizer = make_optimizer(generator, learning["lr"], learning["beta1"], learning["beta2"])
-        shape = (len(ctx.images), self.settings["latent_dim"])
+        shape = (len(ctx.images), latent_size(self.settings))
         state = {
             "generator": generator.state_dict(), "optimizer": optimizer.state_dict(),
             "latents": torch.randn(shape, generator=self.rng(0, "latents")),
@@ -151,23 +167,26 @@ class ShortRunOT(Method):
 
     def infer(self, t, inputs, ctx):
         """K-step short-run Langevin (Eq. 7) for every image, persistent or noise-initialised."""
-        n, d = len(ctx.images), self.settings["latent_dim"]
+        n, d = len(ctx.images), latent_size(self.settings)
         generator = load_generator(inputs["model"], self.settings, ctx.device)
-        if self.settings["langevin"]["persistent"]:
+        log_prior = self.log_prior(inputs["model"], ctx.device)
+        if self.persistent_chains():
             z0 = inputs["latents"].latents("latents", n, d)
         else:
             z0 = torch.randn((n, d), generator=self.rng(t, "init"))
         z, stats = infer_latents(self.settings, generator, ctx.images, z0, self.rng(t, "langevin"), ctx.device,
-                                 ctx.progress, ctx.cuda_graph)
+                                 ctx.progress, ctx.cuda_graph, log_prior=log_prior)
         report = {k: v for k, v in vars(stats).items() if v is not None}  # "backoff" only when it fired
-        # log p = -||I - g(z)||^2 / (2 sigma^2) - ||z||^2 / 2 (Eq. 5): the reconstruction error follows
-        squared_error = -2 * self.settings["sigma"] ** 2 * (stats.log_joint_end + z.pow(2).sum(1).mean().item() / 2)
+        # log p = -||I - g(z)||^2 / (2 sigma^2) + log p(z) (Eq. 5): the reconstruction error follows
+        with torch.no_grad():
+            log_prior_end = (log_prior or standard_normal_log_prior)(z.to(ctx.device)).mean().item()
+        squared_error = -2 * self.settings["sigma"] ** 2 * (stats.log_joint_end - log_prior_end)
         pixels = ctx.images[0].numel()
         return {"latents": z}, {**report, **latent_report(z), "mse": squared_error / pixels / 4}
 
     def correct(self, t, inputs, ctx):
         """OT assignment of the inferred latents to the prior sample (Alg. 2), then Eq. (10)."""
-        d, correction = self.settings["latent_dim"], self.settings["correction"]
+        d, correction = latent_size(self.settings), self.settings["correction"]
         z = inputs["latents"].latents("latents", None, d)
         targets = inputs["prior"].latents("prior", len(z), d)
         init_h = None
@@ -188,7 +207,7 @@ class ShortRunOT(Method):
     def learn(self, t, inputs, ctx):
         """L2 passes of Adam on the (z, I) pairs (Alg. 1, line 13)."""
         generator, optimizer = load_generator(inputs["model"], self.settings, ctx.device, with_optimizer=True)
-        z = inputs["latents"].latents("latents", len(ctx.images), self.settings["latent_dim"])
+        z = inputs["latents"].latents("latents", len(ctx.images), latent_size(self.settings))
         torch.manual_seed(self.rng(t, "torch").initial_seed())
         report = learning_report(self.settings, generator, optimizer, ctx.images, z, self.rng(t, "shuffle"),
                                  ctx.device, ctx.progress)
@@ -210,17 +229,21 @@ class ShortRunOT(Method):
 
     def trained_model(self, states, device, protocol):
         return GeneratorModel(self.settings, device, protocol, load_generator(states["model"], self.settings, device),
-                              states["latents"])
+                              states["latents"], self.log_prior(states["model"], device))
 
 
 class GeneratorModel(TrainedModel):
     """A generator learned without an encoder: latents of new images by noise-initialised short-run
-    Langevin (Eq. 7, ``protocol.langevin_steps`` steps), the anomaly score -log p(I, z) (Eq. 5, Sec. 6.3)."""
+    Langevin (Eq. 7, ``protocol.langevin_steps`` steps), the anomaly score -log p(I, z) (Eq. 5, Sec. 6.3),
+    both under the model's prior (``log_prior``; None: N(0, I))."""
 
-    def __init__(self, settings, device, protocol: EvaluationProtocol, generator, latents: StateFile):
+    def __init__(self, settings, device, protocol: EvaluationProtocol, generator, latents: StateFile,
+                 log_prior: LogPrior = None):
         super().__init__(settings, device, protocol)
+        self.latent_dim = latent_size(settings)
         self.generator = generator.eval()  # batch norm with its running statistics throughout
         self.latents = latents
+        self.log_prior = log_prior
 
     def decode(self, z):
         return in_batches(self.generator, z, self.protocol.batch_size, self.device)
@@ -232,6 +255,7 @@ class GeneratorModel(TrainedModel):
         z, _ = short_run_inference(
             self.generator, images, z0, steps=steps, step_size=settings["langevin"]["step_size"],
             sigma=settings["sigma"], batch_size=self.protocol.batch_size, rng=self.rng(stream), device=self.device,
+            log_prior=self.log_prior,
         )
         return z
 
@@ -251,7 +275,8 @@ class GeneratorModel(TrainedModel):
             with frozen_batchnorm_statistics(self.generator):
                 return chain_divergence(self.generator, images.to(self.device), latents.to(self.device),
                                         steps=steps, step_size=step_size, sigma=self.settings["sigma"],
-                                        perturbation=perturbation, rng=self.rng("chain-stability"))
+                                        perturbation=perturbation, rng=self.rng("chain-stability"),
+                                        log_prior=self.log_prior)
         finally:
             self.generator.eval()
 
@@ -261,7 +286,7 @@ class GeneratorModel(TrainedModel):
         with torch.no_grad():
             return torch.cat([
                 -log_joint(self.generator, z[i:i + batch].to(self.device), images[i:i + batch].to(self.device),
-                           self.settings["sigma"]).cpu()
+                           self.settings["sigma"], self.log_prior).cpu()
                 for i in range(0, len(images), batch)
             ])
 
