@@ -1,5 +1,7 @@
 """SRI, SRI (L = 5) and LEBM: the properties that would fail on a wrong method (issue: MCMC baselines)."""
 
+import copy
+
 import torch
 from torch import nn
 
@@ -7,8 +9,10 @@ from shortrun_ot.langevin import log_joint, prior_langevin, short_run_inference
 from shortrun_ot.methods.base import EvaluationProtocol, StageContext, StageRef, StateFile
 from shortrun_ot.methods.lebm import prior_loss
 from shortrun_ot.models import EnergyPrior, build_generator
-from shortrun_ot.pipeline import build_method
-from test_methods import tiny_settings
+from shortrun_ot import layout
+from shortrun_ot.config import stage_settings
+from shortrun_ot.pipeline import build_method, train_block
+from test_methods import run_per_stage, tiny_data, tiny_settings  # noqa: F401 (tiny_data: a fixture)
 
 IMAGES = torch.rand(24, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
 CTX = StageContext(IMAGES, torch.device("cpu"))
@@ -41,10 +45,6 @@ def test_sri_starts_every_inference_from_fresh_noise_and_never_reads_earlier_lat
         generator, IMAGES, torch.randn((24, 4), generator=sri.rng(2, "init")), steps=2, step_size=0.05,
         sigma=settings["sigma"], batch_size=8, rng=sri.rng(2, "langevin"))
     torch.testing.assert_close(z["latents"], by_hand, rtol=1e-5, atol=1e-6)
-    # persistent ABP with the same settings starts from the latents it is given: a different chain
-    abp = build_method(tiny_settings("shortrun") | {"correction": {**tiny_settings("shortrun")["correction"], "alpha": 0.0}})
-    persistent, _ = abp.run("infer", 2, {"model": model, "latents": StateFile({"latents": torch.zeros(24, 4)})}, CTX)
-    assert not torch.allclose(persistent["latents"], z["latents"], atol=1e-2)
 
 
 def test_lebm_with_a_zero_energy_is_exactly_sri():
@@ -64,7 +64,69 @@ def test_lebm_with_a_zero_energy_is_exactly_sri():
     # a non-zero energy moves the chains
     state["ebm"]["net.4.bias"].fill_(1.0), state["ebm"]["net.4.weight"].fill_(0.5)
     moved, _ = lebm.run("infer", 2, {"model": state}, CTX)
-    assert not torch.allclose(moved["latents"], expected_latents := sri.run("infer", 2, {"model": state}, CTX)[0]["latents"]), expected_latents
+    assert not torch.allclose(moved["latents"], sri.run("infer", 2, {"model": state}, CTX)[0]["latents"])
+
+
+def test_the_prior_takes_an_adam_step_on_prior_loss_with_fresh_prior_langevin_samples():
+    """One minibatch (batch 24 = all images): the learned f is Adam's first step, theta - lr g / (|g| + eps),
+    with g the gradient of prior_loss at the posterior latents and prior samples redrawn by hand."""
+    settings = tiny_settings("lebm") | {"batch_size": 24}
+    lebm = build_method(settings)
+    state = initial_state(lebm)
+    inferred, _ = lebm.run("infer", 1, {"model": state}, CTX)
+    learned, _ = lebm.run("learn", 1, {"model": state, "latents": StateFile(inferred)}, CTX)
+    energy = lebm.load_energy_prior(state, CTX.device)
+    noise = lebm.rng(1, "prior-langevin")
+    z_prior = prior_langevin(energy.log_prior, torch.randn((24, 4), generator=noise), steps=3, step_size=0.3, rng=noise)
+    prior_loss(energy, inferred["latents"], z_prior).backward()
+    lr = settings["ebm"]["learning"]["lr"]
+    for name, p in energy.named_parameters():
+        expected = (p - lr * p.grad / (p.grad.abs() + 1e-8)).detach()
+        torch.testing.assert_close(learned["ebm"][name], expected, rtol=1e-5, atol=1e-7)
+        # the output bias cancels in the difference of means: the only parameter that stays
+        assert torch.equal(learned["ebm"][name], p.detach()) == (name == "net.4.bias")
+
+
+def test_a_trained_lebm_infers_scores_and_samples_under_its_learned_prior():
+    lebm = build_method(tiny_settings("lebm"))
+    sri = build_method(tiny_settings("sri") | {"langevin": tiny_settings("lebm")["langevin"]})
+    state = initial_state(lebm)
+    protocol = EvaluationProtocol(10, 2)
+
+    def model(method, weight):
+        state["ebm"]["net.4.weight"].fill_(weight), state["ebm"]["net.4.bias"].zero_()
+        return method.trained_model({"model": StateFile(copy.deepcopy(state)), "latents": state}, CTX.device, protocol)
+
+    flat, learned, plain = model(lebm, 0.0), model(lebm, 0.5), model(sri, 0.0)
+    assert torch.equal(flat.anomaly_scores(IMAGES[:6]), plain.anomaly_scores(IMAGES[:6]))  # f = 0: SRI's score
+    assert torch.equal(flat.encode(IMAGES[:6]), plain.encode(IMAGES[:6]))
+    assert not torch.allclose(learned.anomaly_scores(IMAGES[:6]), flat.anomaly_scores(IMAGES[:6]))
+    assert not torch.allclose(learned.encode(IMAGES[:6]), flat.encode(IMAGES[:6]))
+    assert not torch.allclose(learned.sample(4), flat.sample(4))
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(5))
+    options = {"step_size": 0.3, "steps": 3, "perturbation": 1e-3}
+    assert not torch.allclose(learned.chain_divergence(IMAGES[:6], z, **options),
+                              flat.chain_divergence(IMAGES[:6], z, **options))
+
+
+def nested_equal(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(nested_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(nested_equal(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+def test_lebm_stages_never_change_their_inputs():
+    """Adam updates its state in place: a stage must copy the optimizer states it loads (t >= 2 has them)."""
+    lebm = build_method(tiny_settings("lebm"))
+    state = initial_state(lebm)
+    inferred, _ = lebm.run("infer", 1, {"model": state}, CTX)
+    model = StateFile(lebm.run("learn", 1, {"model": state, "latents": StateFile(inferred)}, CTX)[0])
+    latents = StateFile(lebm.run("infer", 2, {"model": model}, CTX)[0])
+    before = copy.deepcopy((dict(model), dict(latents)))
+    lebm.run("learn", 2, {"model": model, "latents": latents}, CTX)
+    assert nested_equal(before, (dict(model), dict(latents)))
 
 
 def test_prior_langevin_on_a_quadratic_energy_reaches_its_gaussian_covariance():
@@ -121,6 +183,17 @@ def test_the_five_layer_generator_passes_the_langevin_gradient_to_every_latent_l
     generator.zero_grad()
     reconstruction.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+
+
+def test_sri5_block_jobs_write_the_bits_of_per_stage_jobs(tiny_data, tmp_path):
+    settings = tiny_settings("sri") | {"upper_latent_dims": [3, 2]}
+    per_stage = run_per_stage(settings, tmp_path / "stages", tiny_data, 2)
+    run_per_stage(settings, tmp_path / "blocks", tiny_data, 0)
+    train_block(stage_settings(settings), tmp_path / "blocks", 1, 2, tiny_data, torch.device("cpu"))
+    for path in layout.block_outputs(tmp_path / "stages", per_stage, 1, 2):
+        if path.suffix == ".pt":
+            assert path.read_bytes() == (tmp_path / "blocks" / path.relative_to(tmp_path / "stages")).read_bytes()
+    assert torch.load(tmp_path / "stages" / "it0002" / "infer.pt")["latents"].shape == (24, 9)
 
 
 def test_sri5_trains_and_is_evaluated_on_its_whole_latent_vector():

@@ -15,6 +15,7 @@ for every system.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,8 +53,8 @@ class StateFile(dict):
                 f"file belongs to other 'dataset'/'train_images' settings: {remedy}, or fix the configuration"
             )
         if latents.shape[1] != dim:
-            raise ValueError(f"latents file {self.path} holds {latents.shape[1]}-dimensional latents but "
-                             f"'latent_dim' is {dim}; {remedy}")
+            raise ValueError(f"latents file {self.path} holds {latents.shape[1]}-dimensional latents but the run's "
+                             f"latent vector has {dim} entries ('latent_dim' plus any 'upper_latent_dims'); {remedy}")
         if not torch.isfinite(latents).all():
             raise ValueError(f"latents file {self.path} holds non-finite values; {remedy}")
         return latents
@@ -151,7 +152,7 @@ class AutoencoderMethod(Method):
         encoder.load_state_dict(model["encoder"]), decoder.load_state_dict(model["decoder"])
         encoder.to(device), decoder.to(device)
         if with_optimizer:
-            optimizer.load_state_dict(model["optimizer"])
+            optimizer.load_state_dict(copy.deepcopy(model["optimizer"]))  # Adam steps its state in place
         return encoder, decoder, optimizer
 
     @staticmethod

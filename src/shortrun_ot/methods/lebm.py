@@ -26,7 +26,7 @@ from ..langevin import prior_langevin
 from ..learning import make_optimizer
 from ..models import EnergyPrior
 from .base import StateFile
-from .shortrun import GeneratorModel, latent_size, load_generator
+from .shortrun import GeneratorModel, latent_size, load_generator, load_network
 from .sri import ShortRunInference
 
 
@@ -43,19 +43,11 @@ class LatentEBM(ShortRunInference):
         return EnergyPrior(latent_size(self.settings), self.settings["ebm"]["width"])
 
     def load_energy_prior(self, model: StateFile, device, with_optimizer: bool = False):
+        """f_alpha of a model state (and its Adam state for learning)."""
         energy = self.energy_prior().to(device)
-        remedy = f"delete {model.path} and rerun the same Snakemake command"
-        try:
-            energy.load_state_dict(model["ebm"])
-        except (RuntimeError, KeyError) as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise ValueError(f"state file {model.path} holds no energy prior that fits ({first}); {remedy}") from None
         if not with_optimizer:
-            return energy
-        learning = self.settings["ebm"]["learning"]
-        optimizer = make_optimizer(energy, learning["lr"], learning["beta1"], learning["beta2"])
-        optimizer.load_state_dict(model["ebm_optimizer"])
-        return energy, optimizer
+            return load_network(model, energy, "ebm")
+        return load_network(model, energy, "ebm", "ebm_optimizer", self.settings["ebm"]["learning"])
 
     def log_prior(self, model, device):
         return self.load_energy_prior(model, device).log_prior
@@ -76,7 +68,7 @@ class LatentEBM(ShortRunInference):
         energy, optimizer = self.load_energy_prior(inputs["model"], ctx.device, with_optimizer=True)
         z = inputs["latents"].latents("latents", len(ctx.images), latent_size(self.settings))
         steps, batch_size = self.settings["prior_langevin"], self.settings["batch_size"]
-        shuffle, noise = self.rng(t, "ebm-shuffle"), self.rng(t, "prior-langevin")
+        shuffle, noise = self.rng(t, "shuffle"), self.rng(t, "prior-langevin")  # the generator's minibatches
         losses, posterior_f, prior_f = [], [], []
         for _ in range(self.settings["learning"]["passes"]):
             order = torch.randperm(len(z), generator=shuffle)

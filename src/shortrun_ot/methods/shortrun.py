@@ -15,6 +15,8 @@ passes on the (z, I) pairs (Eq. 5). alpha = 0 is ABP (alternating back-propagati
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..config import stage_rng
@@ -37,24 +39,30 @@ def latent_size(settings: dict) -> int:
     return settings["latent_dim"] + sum(settings.get("upper_latent_dims", ()))
 
 
-def load_generator(model: StateFile, settings: dict, device, with_optimizer: bool = False):
-    """The generator of a model state (and its Adam state for learning); a clear error if it does not fit."""
-    generator = new_generator(settings).to(device)
-    remedy = f"delete {model.path} and rerun the same Snakemake command"
+def load_network(model: StateFile, network: torch.nn.Module, key: str, optimizer_key: str | None = None,
+                 learning: dict | None = None):
+    """``network`` with the weights ``model[key]``; with ``optimizer_key``, also its Adam optimiser (lr and betas
+    of ``learning``) in the state ``model[optimizer_key]``, copied, since Adam steps its state in place and a
+    stage must not change its inputs. A clear error naming the file when they do not fit."""
     try:
-        generator.load_state_dict(model["generator"])
-    except (RuntimeError, KeyError) as exc:
+        network.load_state_dict(model[key])
+        if optimizer_key is None:
+            return network
+        optimizer = make_optimizer(network, learning["lr"], learning["beta1"], learning["beta2"])
+        optimizer.load_state_dict(copy.deepcopy(model[optimizer_key]))
+    except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ValueError(f"state file {model.path} does not fit the configured generator ({first}); {remedy}") from None
+        raise ValueError(f"state file {model.path} holds no '{key}' (with '{optimizer_key}') that fits the "
+                         f"configuration ({first}); delete it and rerun the same Snakemake command") from None
+    return network, optimizer
+
+
+def load_generator(model: StateFile, settings: dict, device, with_optimizer: bool = False):
+    """The generator of a model state (and its Adam state for learning)."""
+    generator = new_generator(settings).to(device)
     if not with_optimizer:
-        return generator
-    learning = settings["learning"]
-    optimizer = make_optimizer(generator, learning["lr"], learning["beta1"], learning["beta2"])
-    try:
-        optimizer.load_state_dict(model["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as exc:
-        raise ValueError(f"state file {model.path} holds an optimizer state that does not fit ({exc}); {remedy}") from None
-    return generator, optimizer
+        return load_network(model, generator, "generator")
+    return load_network(model, generator, "generator", "optimizer", settings["learning"])
 
 
 def infer_latents(settings: dict, generator, images, z0, rng, device, progress=False, cuda_graph=False,

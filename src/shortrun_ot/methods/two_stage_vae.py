@@ -15,6 +15,7 @@ mode), ``stage2`` (iterations T1 + 1..T: an epoch of stage 2).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -110,7 +111,7 @@ class TwoStageVAE(Method):
         if not with_optimizer:
             return vae
         optimizer = self.optimizer(vae)
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # Adam steps its state in place
         return vae, optimizer
 
     # -- stages
