@@ -47,8 +47,13 @@ def langevin_step(
     example, exactly that example's gradient (it is not divided by the batch size).
     Returns the new z and log p(I, z) at the old z.
     """
+    return _step(lambda latents: log_joint(generator, latents, images, sigma, log_prior), z, step_size, noise)
+
+
+def _step(log_density, z: torch.Tensor, step_size: float, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """z + (s^2/2) grad log_density(z) + s xi, per example; (the new z, log_density at the old z)."""
     z = z.detach().requires_grad_(True)
-    log_p = log_joint(generator, z, images, sigma, log_prior)
+    log_p = log_density(z)
     (grad,) = torch.autograd.grad(log_p.sum(), z)
     return (z + 0.5 * step_size**2 * grad + step_size * noise).detach(), log_p.detach()
 
@@ -60,9 +65,7 @@ def prior_langevin(log_prior: LogPrior, z: torch.Tensor, *, steps: int, step_siz
     log_prior = log_prior or standard_normal_log_prior
     for _ in range(steps):
         noise = torch.randn(z.shape, generator=rng).to(z.device)
-        z = z.detach().requires_grad_(True)
-        (grad,) = torch.autograd.grad(log_prior(z).sum(), z)
-        z = (z + 0.5 * step_size**2 * grad + step_size * noise).detach()
+        z, _ = _step(log_prior, z, step_size, noise)
     if not torch.isfinite(z).all():
         raise DivergenceError(f"prior Langevin latents became non-finite (step size {step_size}, {steps} steps)")
     return z

@@ -34,6 +34,12 @@ class StageRef:
     stage: str
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, key: str = "optimizer") -> None:
+    """Load ``state[key]`` into ``optimizer`` as a copy: Adam steps its state tensors in place (load_state_dict
+    keeps them), and a stage must not change its inputs."""
+    optimizer.load_state_dict(copy.deepcopy(state[key]))
+
+
 class StateFile(dict):
     """A loaded state file: its dict of tensors, and ``path``, for error messages."""
 
@@ -152,7 +158,7 @@ class AutoencoderMethod(Method):
         encoder.load_state_dict(model["encoder"]), decoder.load_state_dict(model["decoder"])
         encoder.to(device), decoder.to(device)
         if with_optimizer:
-            optimizer.load_state_dict(copy.deepcopy(model["optimizer"]))  # Adam steps its state in place
+            load_optimizer_state(optimizer, model)
         return encoder, decoder, optimizer
 
     @staticmethod

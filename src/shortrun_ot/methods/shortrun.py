@@ -15,8 +15,6 @@ passes on the (z, I) pairs (Eq. 5). alpha = 0 is ABP (alternating back-propagati
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..config import stage_rng
@@ -25,7 +23,7 @@ from ..learning import learn, make_optimizer
 from ..metrics import latent_frechet_distance
 from ..models import build_generator, architecture_of, frozen_batchnorm_statistics
 from ..ot import transport_correction
-from .base import EvaluationProtocol, Method, StageRef, StateFile, TrainedModel, in_batches
+from .base import EvaluationProtocol, Method, StageRef, StateFile, TrainedModel, in_batches, load_optimizer_state
 
 
 def new_generator(settings: dict) -> torch.nn.Module:
@@ -49,7 +47,7 @@ def load_network(model: StateFile, network: torch.nn.Module, key: str, optimizer
         if optimizer_key is None:
             return network
         optimizer = make_optimizer(network, learning["lr"], learning["beta1"], learning["beta2"])
-        optimizer.load_state_dict(copy.deepcopy(model[optimizer_key]))
+        load_optimizer_state(optimizer, model, optimizer_key)
     except (RuntimeError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0]
         raise ValueError(f"state file {model.path} holds no '{key}' (with '{optimizer_key}') that fits the "

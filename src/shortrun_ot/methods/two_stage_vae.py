@@ -15,7 +15,6 @@ mode), ``stage2`` (iterations T1 + 1..T: an epoch of stage 2).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from ..config import ConfigError, stage_rng
 from ..learning import make_optimizer, train_epoch
 from ..models import architecture_of, build_encoder, build_generator
-from .base import AutoencoderModel, Method, StageRef, in_batches
+from .base import AutoencoderModel, Method, StageRef, in_batches, load_optimizer_state
 from .vae import negative_elbo
 
 
@@ -111,7 +110,7 @@ class TwoStageVAE(Method):
         if not with_optimizer:
             return vae
         optimizer = self.optimizer(vae)
-        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))  # Adam steps its state in place
+        load_optimizer_state(optimizer, state)
         return vae, optimizer
 
     # -- stages
