@@ -27,14 +27,24 @@ def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
 
 
 def with_figures(config: dict) -> dict:
-    """Add the mechanism figures (Figs. 2 and 5, Table 4, chain stability) and their runs to a tiny config."""
-    config["runs"] = {"digits01": {"method": "shortrun", "classes": [0, 1], "latent_dim": 2}}
+    """Add the figures and ablation tables of Sec. 6 (Figs. 2-5, Tables 4 and 5, chain stability, occlusion)
+    and their runs to a tiny config."""
+    digits01 = {"classes": [0, 1], "latent_dim": 2}
+    config["runs"] = {"digits01": {"method": "shortrun", **digits01},
+                      "abp-digits01": {"method": "shortrun", **digits01, "correction": {"alpha": 0.0}},
+                      "vae-digits01": {"method": "vae", **digits01, "iterations": 2},
+                      "ours-missing50": {"method": "shortrun", "occlusion": {"missing": 0.5}}}
     config["sweeps"] = {
         "alpha": {"runs": ["ours"], "key": "correction.alpha", "values": [0.0, 0.9]},
         "step_size": {"runs": ["ours"], "key": "langevin.step_size", "values": [0.01, 0.05]},
+        "steps": {"runs": ["ours"], "key": "langevin.steps", "values": [2, 3]},
     }
     config["figures"] = {
         "figure2": {"run": "digits01"},
+        "figure3": {"runs": ["vae-digits01", "abp-digits01", "digits01"]},
+        "figure4": {"runs": ["ours", "digits01"]},
+        "table5": {"sweep": "steps"},
+        "occlusion": {"runs": ["ours-missing50"]},
         "figure5": {"sweep": "alpha", "fid_every": 2},
         "table4": {"sweep": "step_size"},
         "chain_stability": {"runs": ["ours"], "step_sizes": [0.01, 3.0], "steps": 5, "images": 20,

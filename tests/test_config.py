@@ -83,6 +83,12 @@ BAD = {
     "Fig. 2 of a VAE": (_set("runs.ours-digits01", {"method": "vae", "latent_dim": 2}), "figures.figure2.run"),
     "chain stability of an unknown run": (_set("figures.chain_stability.runs", ["ours", "nosuch"]),
                                           "figures.chain_stability.runs"),
+    "Fig. 3 of a run with 30-D latents": (_set("figures.figure3.runs", ["vae-digits01", "ours"]), "figures.figure3.runs"),
+    "occlusion figure of complete images": (_set("figures.occlusion.runs", ["ours"]), "figures.occlusion.runs"),
+    "all pixels missing": (_set("runs.ours-missing90.occlusion", {"missing": 1.0}), "runs.ours-missing90.occlusion.missing"),
+    "occlusion of a method without it": (_set("runs.vae.occlusion", {"missing": 0.5}), "runs.vae.occlusion"),
+    "ablation table of an unknown sweep": (_set("figures.table5", {"sweep": "nosuch"}), "figures.table5.sweep"),
+    "Fig. 4 of an unknown run": (_set("figures.figure4.runs", ["nosuch"]), "figures.figure4.runs"),
 }
 
 

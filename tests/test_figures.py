@@ -1,4 +1,5 @@
-"""The mechanism figures (Figs. 2 and 5, Table 4, chain stability) built by the real workflow."""
+"""The figures and ablation tables of Sec. 6 (Figs. 2-5, Tables 4 and 5, chain stability, occlusion) built by
+the real workflow."""
 
 import json
 
@@ -20,7 +21,7 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     path.write_text(yaml.safe_dump(config))
     snakemake("--configfile", "config/quick.yaml", str(path), "--", "figures")
     results = tmp_path / "results"
-    for name in ("figure2", "figure5", "chain_stability"):
+    for name in ("figure2", "figure3", "figure4", "figure5", "occlusion", "chain_stability"):
         assert Image.open(results / "figures" / f"{name}.png").size[0] > 500
         assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -58,3 +59,22 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     stability = pd.read_csv(results / "figures" / "chain_stability.csv").set_index("step_size")
     assert stability.loc[0.01, "growth"] < 1 < stability.loc[3.0, "growth"]
     assert not stability.loc[0.01, "chaotic"] and stability.loc[3.0, "chaotic"]
+
+    # Fig. 3: one panel per run, titled with the OT cost its metrics.json holds
+    costs = json.loads((results / "logs" / "figure3.log").read_text())
+    assert len(costs) == 3 and all(value > 0 for value in costs.values())
+    vae = json.loads((results / "runs" / "vae-digits01" / "metrics.json").read_text())
+    assert costs["VAE (run vae-digits01)"] == round(vae["ot_cost"], 4)
+
+    # Table 5: K = 3 is the run ours itself, K = 2 a new run; each row with its training cost
+    table5 = pd.read_csv(results / "table5.csv")
+    measured = table5[table5["source"] == "measured"]
+    assert list(zip(measured["langevin.steps"], measured["run"])) == [(2, "ours-steps2"), (3, "ours")]
+    assert measured["train_seconds"].gt(0).all() and set(measured["device"]) == {"cpu"}
+    assert sorted(table5[table5["source"] == "paper"]["langevin.steps"]) == [30, 50, 100]
+
+    # occlusion: MSE on observed and missing pixels of the occluded run's training images
+    occlusion = pd.read_csv(results / "occlusion.csv").iloc[0]
+    assert occlusion["run"] == "ours-missing50" and occlusion["missing_fraction"] == pytest.approx(0.5)
+    assert 0 < occlusion["mse_train_observed"] and 0 < occlusion["mse_train_missing"]
+    assert (results / "occlusion.md").read_text().startswith("Learning from occluded images")

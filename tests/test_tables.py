@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from shortrun_ot.tables import markdown, table1, table2
+from shortrun_ot.tables import ablation_table, markdown, occlusion_table, table1, table2
 
 REFERENCE = "workflow/resources/paper_results.csv"
 
@@ -48,3 +48,44 @@ def test_table2_aggregates_seeds_with_sample_std(tmp_path):
 def test_markdown_rendering():
     text = markdown(pd.DataFrame({"a": [1.23456, float("nan")], "b": ["x", "y"]}), "Caption")
     assert text.splitlines() == ["Caption", "", "| a | b |", "|---|---|", "| 1.235 | x |", "|  | y |"]
+
+
+METRICS = {"method": "shortrun", "dataset": "mnist5k", "mse_train": 0.01, "mse_test": 0.02, "fid": 50.0,
+           "fid_samples": 300, "ot_cost": 3.0, "ot_cost_prior_floor": 2.5, "latent_fd": 0.1, "train_images": 1000,
+           "iterations": 12, "device": "cpu"}
+
+
+def test_ablation_table_has_a_row_per_value_with_its_cost_and_the_papers_rows(tmp_path):
+    files = {}
+    for steps, seconds in ((5, 40.0), (20, 160.0)):
+        path = tmp_path / f"k{steps}.json"
+        path.write_text(json.dumps({**METRICS, "run": f"ours-steps{steps}", "fid": 100.0 - steps,
+                                    "training": {"train_seconds": seconds}}))
+        files[float(steps)] = [path]
+    t = ablation_table(5, "langevin.steps", files, REFERENCE)
+    measured = t[t.source == "measured"]
+    assert list(measured["langevin.steps"]) == [5.0, 20.0] and list(measured.fid) == [95.0, 80.0]
+    assert list(measured.train_seconds) == [40.0, 160.0] and set(measured.device) == {"cpu"}
+    paper = t[t.source == "paper"].set_index("langevin.steps")
+    assert list(paper.index) == [30.0, 50.0, 100.0]
+    assert (paper.loc[100.0, "mse_train"], paper.loc[100.0, "fid"]) == (0.007, 15.43)
+    table3 = ablation_table(3, "latent_dim", files, REFERENCE)
+    svhn = table3[table3.source == "paper"].set_index("latent_dim")
+    assert (svhn.loc[64.0, "dataset"], svhn.loc[64.0, "mse_train"], svhn.loc[64.0, "fid"]) == ("SVHN", 0.002, 19.48)
+    table6 = ablation_table(6, "learning.passes", files, REFERENCE)
+    assert table6[table6.source == "paper"].set_index("learning.passes").loc[3.0, "fid"] == 14.28
+
+
+def test_occlusion_table_lists_observed_and_missing_pixel_errors(tmp_path):
+    paths = []
+    for run, missing in (("ours-missing90", 0.9), ("abp-missing50", 0.5)):
+        path = tmp_path / f"{run}.json"
+        path.write_text(json.dumps({**METRICS, "run": run, "missing_fraction": missing, "mse_train_observed": 0.01,
+                                    "mse_train_missing": 0.05, "training": {"train_seconds": 9.0}}))
+        paths.append(path)
+    t = occlusion_table(paths)
+    assert list(t.run) == ["abp-missing50", "ours-missing90"] and list(t.mse_train_missing) == [0.05, 0.05]
+    complete = tmp_path / "ours.json"
+    complete.write_text(json.dumps({**METRICS, "run": "ours"}))
+    with pytest.raises(ValueError, match="did not learn from occluded images"):
+        occlusion_table([complete])

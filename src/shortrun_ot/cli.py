@@ -125,14 +125,14 @@ def cmd_evaluate(args):
     from .inception import load_fid_inception
     from .io import load_json
     from .metrics import load_statistics
-    from .pipeline import load_test_images, load_training_images
+    from .pipeline import load_test_images, load_training_images, occlusion_of
 
     settings, model = _trained_model(args, args.test_steps)
     train_images = load_training_images(args.data, settings)
     test_images, _ = load_test_images(args.data, settings, args.test_images)
     metrics = evaluate_model(model, train_images, test_images, load_fid_inception(model.device),
                              load_statistics(args.fid_reference), fid_samples=args.fid_samples,
-                             progress=True)
+                             progress=True, occlusion=occlusion_of(settings, train_images))
     training = load_json(args.training, "training summary") if args.training else {}
     save_json({"run": args.run, "method": settings["method"], "dataset": settings["dataset"],
                "iterations": args.iteration, "point": args.point, "device": str(model.device),
@@ -152,14 +152,27 @@ def cmd_anomaly(args):
 
 def cmd_grid(args):
     from .figures import image_grid_figure
-    from .pipeline import load_training_images
+    from .io import save_tensors
+    from .pipeline import load_training_images, occlusion_of
 
     settings, model = _trained_model(args, args.test_steps)
     images = load_training_images(args.data, settings)
     latents = model.latent_population(images)[: args.count]
-    panels = {"training images": images[: args.count], "reconstructions": model.decode(latents),
+    mask = occlusion_of(settings, images)
+    observed = {} if mask is None else {"observed pixels (missing: grey)": (images * mask)[: args.count]}
+    panels = {**observed, "training images": images[: args.count], "reconstructions": model.decode(latents),
               "samples": model.sample(args.count)}
     image_grid_figure(panels, args.out)
+    save_tensors({"run": args.run, "dataset": settings["dataset"], "panels": panels}, args.panels)
+
+
+def cmd_latents(args):
+    from .io import save_tensors
+    from .pipeline import load_training_images
+
+    settings, model = _trained_model(args, args.test_steps)
+    images, labels = load_training_images(args.data, settings, with_labels=True)
+    save_tensors({"latents": model.latent_population(images), "labels": labels}, args.out)
 
 
 def cmd_chain_stability(args):
@@ -190,6 +203,77 @@ def cmd_figure2(args):
     prior = load_state(args.prior, settings).latents("prior", len(labels), d)
     latent_evolution_figure(panels, prior, args.out)
     print(json.dumps({"panels": [*panels, "prior sample"], "digits": sorted({int(x) for x in labels})}))
+
+
+def _titled_runs(metrics_files: list[str]) -> list[tuple[str, dict]]:
+    """(title, metrics) of each run: the paper's name of the system and the run key."""
+    from .io import load_json
+    from .tables import MODEL_TITLE
+
+    titled = []
+    for path in metrics_files:
+        metrics = load_json(path, "metrics")
+        base = metrics["run"].split("-")[0]
+        titled.append((f"{MODEL_TITLE.get(base, base)} (run {metrics['run']})", metrics))
+    return titled
+
+
+def cmd_figure3(args):
+    from .figures import latent_comparison_figure
+    from .io import load_tensors
+
+    if len(args.latents) != len(args.metrics):
+        raise ValueError(f"--latents and --metrics name one file per run, got {len(args.latents)} and "
+                         f"{len(args.metrics)}")
+    panels = {}
+    for (title, metrics), path in zip(_titled_runs(args.metrics), args.latents):
+        population = load_tensors(path, "latents")
+        if population["latents"].shape[1] != 2:
+            raise ValueError(f"{path}: Fig. 3 draws 2-D latents, these have {population['latents'].shape[1]} "
+                             "dimensions; give the run latent_dim: 2")
+        panels[title] = {**population, "ot_cost": metrics["ot_cost"], "ot_cost_prior_floor": metrics["ot_cost_prior_floor"]}
+    latent_comparison_figure(panels, args.out)
+    print(json.dumps({title: round(p["ot_cost"], 4) for title, p in panels.items()}))
+
+
+def cmd_figure4(args):
+    from .figures import image_rows_figure
+    from .io import load_tensors
+    from .tables import DATASET_TITLE
+
+    rows = {}
+    for path in args.grids:
+        grid = load_tensors(path, "grid panels")
+        panels = {title: images for title, images in grid["panels"].items() if title in ("reconstructions", "samples")}
+        rows[f"{DATASET_TITLE.get(grid['dataset'], grid['dataset'])} (run {grid['run']})"] = panels
+    image_rows_figure(rows, args.out, pdf=True)
+
+
+def cmd_occlusion(args):
+    from .figures import image_rows_figure
+    from .io import load_tensors
+    from .tables import occlusion_table, write_table
+
+    table = occlusion_table(args.metrics)
+    rows = {}
+    for (title, metrics), path in zip(_titled_runs(args.metrics), args.grids):
+        panels = load_tensors(path, "grid panels")["panels"]
+        rows[f"{title}, {metrics['missing_fraction']:.0%} missing"] = {
+            name: images[: args.count] for name, images in panels.items() if name != "samples"}
+    image_rows_figure(rows, args.out, pdf=True)
+    write_table(table, args.csv, args.markdown,
+                "Learning from occluded images: reconstruction MSE ([0, 1] scale) of the training images on the "
+                "pixels each model observed and on those it never saw (unsupervised inpainting), on complete "
+                "test images, and FID.")
+
+
+def cmd_ablation_table(args):
+    from .tables import ablation_table, write_table
+
+    write_table(ablation_table(args.table, args.key, _sweep_files(args.metrics, "--metrics"), args.reference),
+                args.csv, args.markdown,
+                f"Table {args.table}: influence of `{args.key}` (sweep of the final models; training cost in "
+                "train_seconds on the given device). `paper` rows: the numbers printed in the paper.")
 
 
 def cmd_figure5(args):
@@ -342,6 +426,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, required=True, help="Langevin steps of each chain")
     p.add_argument("--images", type=int, required=True, help="the first N training images (one batch)")
     p.add_argument("--perturbation", type=float, required=True, help="norm of the initial perturbation")
+
+    sub.choices["grid"].add_argument("--panels", required=True, help="the grid's images (.pt) for figures of several runs")
+    p = command("latents", cmd_latents, "the latents of every training image, with their labels (.pt)", device=True)
+    p.add_argument("--model", nargs="+", required=True, help="ROLE=PATH of the model's state files")
+    p.add_argument("--test-steps", type=int, default=1, help="Langevin steps of noise-initialised inference")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("figure3", help="Fig. 3: 2-D latents of several models with the prior's contours")
+    p.set_defaults(func=cmd_figure3)
+    p.add_argument("--latents", nargs="+", required=True, help="each run's latents.pt")
+    p.add_argument("--metrics", nargs="+", required=True, help="each run's metrics.json (its OT cost), same order")
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = sub.add_parser("figure4", help="Fig. 4: reconstructions and samples, one row per dataset")
+    p.set_defaults(func=cmd_figure4)
+    p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt")
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = sub.add_parser("occlusion", help="learning from occluded images: figure and table")
+    p.set_defaults(func=cmd_occlusion)
+    p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt")
+    p.add_argument("--metrics", nargs="+", required=True, help="each run's metrics.json, same order")
+    p.add_argument("--count", type=int, default=30, help="images per panel")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = sub.add_parser("ablation-table", help="an ablation table (Tables 3, 5, 6) of a one-key sweep")
+    p.set_defaults(func=cmd_ablation_table)
+    p.add_argument("--table", type=int, required=True, help="the paper's table number (its reference rows)")
+    p.add_argument("--key", required=True, help="the swept setting (the column name)")
+    p.add_argument("--metrics", nargs="+", required=True, help="VALUE=PATH: the final metrics.json of each point")
+    p.add_argument("--reference", required=True)
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
 
     p = command("figure2", cmd_figure2, "Fig. 2: 2-D inferred latents at each correction beside the prior")
     p.add_argument("--latents", nargs="+", required=True, help="T=PATH: the inferred latents of correction iteration T")

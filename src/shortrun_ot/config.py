@@ -69,10 +69,12 @@ def method_schema(name: str) -> dict:
 
 
 def _complete(schema: dict) -> dict:
-    """``schema`` with every declared property required, recursively (a run must set every key)."""
+    """``schema`` with every declared property required, recursively (a run must set every key), except
+    those that declare a ``default``: a run leaves them out to get the default, so that adding such a key
+    to a method changes no existing run's settings (and reruns nothing)."""
     schema = copy.deepcopy(schema)
     if "properties" in schema:
-        schema["required"] = sorted(schema["properties"])
+        schema["required"] = sorted(key for key, sub in schema["properties"].items() if "default" not in sub)
         schema.setdefault("additionalProperties", False)
         for key, sub in schema["properties"].items():
             if sub.get("type") == "object":
@@ -163,6 +165,14 @@ def _check_figures(config: dict, settings: dict) -> None:
         if settings[run]["latent_dim"] != 2:
             raise ConfigError("config key 'figures.figure2.run': Fig. 2 draws 2-D latents; give the run latent_dim: 2")
         _check_corrects(run, settings[run], "figures.figure2.run")
+    for run in figures.get("figure3", {}).get("runs", []):
+        if settings[run]["latent_dim"] != 2:
+            raise ConfigError(f"config key 'figures.figure3.runs': run {run!r} has latent_dim "
+                              f"{settings[run]['latent_dim']}; Fig. 3 draws 2-D latents")
+    for run in figures.get("occlusion", {}).get("runs", []):
+        if not settings[run].get("occlusion", {}).get("missing", 0):
+            raise ConfigError(f"config key 'figures.occlusion.runs': run {run!r} learns from complete images; give "
+                              "it occlusion: {missing: F} with 0 < F < 1 (a method with an occlusion setting)")
     for name in ("figure5", "table4"):
         if name in figures:
             if len(config["sweeps"][figures[name]["sweep"]]["runs"]) != 1:

@@ -347,3 +347,17 @@ def to_unit_scale(images: torch.Tensor) -> torch.Tensor:
     if not images.is_floating_point():
         raise TypeError(f"to_unit_scale expects floating-point images in [-1, 1], got {images.dtype}")
     return ((images + 1) / 2).clamp(0, 1)
+
+
+def occlusion_mask(shape: tuple[int, ...], missing: float, generator: torch.Generator) -> torch.Tensor:
+    """Pixels missing at random: for images of ``shape`` (N, C, H, W), an (N, 1, H, W) mask with exactly
+    round(missing * H * W) zeros (missing pixels, every channel) per image at uniformly random positions,
+    ones elsewhere. The positions come from ``generator`` alone, so a seed fixes every image's mask."""
+    if not 0 <= missing < 1:
+        raise ValueError(f"the fraction of missing pixels must be in [0, 1), got {missing}")
+    n, _, height, width = shape
+    order = torch.rand((n, height * width), generator=generator).argsort(dim=1)
+    mask = torch.ones((n, height * width))
+    mask.scatter_(1, order[:, : round(missing * height * width)], 0.0)
+    return mask.view(n, 1, height, width)
+

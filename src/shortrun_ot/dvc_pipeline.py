@@ -270,7 +270,7 @@ class Pipeline:
             "cmd": f"snakemake {run_dir}/figures/grid.png {self.snakemake} --allowed-rules {self.train_rules} grid",
             "deps": [self.data(run), f"{run_dir}/final", *self.sources("figures", run), "workflow/rules/figures.smk"],
             "params": self.keys_params(["evaluation.test_langevin_steps", "evaluation.batch_size"]),
-            "outs": [f"{run_dir}/figures/grid.png"],
+            "outs": [f"{run_dir}/figures/grid.png", f"{run_dir}/figures/grid.pt"],
         }
 
     def table_stage(self, number: int, inputs: list[str], keys: list[str]) -> dict:

@@ -61,12 +61,24 @@ def prior_distance(latents: torch.Tensor, seed: int) -> dict:
 
 
 def evaluate_model(model: TrainedModel, train_images: torch.Tensor, test_images: torch.Tensor, inception,
-                   real_stats, *, fid_samples: int, progress: bool = False) -> dict:
-    """Table 1 metrics of one trained model (see the module docstring for the definitions)."""
+                   real_stats, *, fid_samples: int, progress: bool = False,
+                   occlusion: torch.Tensor | None = None) -> dict:
+    """Table 1 metrics of one trained model (see the module docstring for the definitions).
+
+    ``occlusion``: for a model that learned from occluded images, their masks (1 observed, 0 missing);
+    ``train_images`` are then the complete originals, ``mse_train`` is over all their pixels and
+    ``mse_train_observed`` / ``mse_train_missing`` split it into the pixels the model saw and those it
+    had to fill in (unsupervised inpainting)."""
     seconds = {}
     start = time.perf_counter()
     latents = model.latent_population(train_images)
-    mse_train = reconstruction_mse(train_images, model.decode(latents))
+    reconstructions = model.decode(latents)
+    mse_train = reconstruction_mse(train_images, reconstructions)
+    occluded = {} if occlusion is None else {
+        "mse_train_observed": reconstruction_mse(train_images, reconstructions, occlusion),
+        "mse_train_missing": reconstruction_mse(train_images, reconstructions, 1 - occlusion),
+        "missing_fraction": float(1 - occlusion.mean()),
+    }
     mse_test = reconstruction_mse(test_images, model.reconstruct(test_images))
     seconds["mse"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -80,6 +92,7 @@ def evaluate_model(model: TrainedModel, train_images: torch.Tensor, test_images:
     seconds["prior_distance"] = time.perf_counter() - start
     return {
         "mse_train": mse_train,
+        **occluded,
         "mse_test": mse_test,
         "train_images": len(train_images),
         "test_images": len(test_images),

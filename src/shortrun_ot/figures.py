@@ -21,15 +21,29 @@ def save_figure(fig, path: str | Path) -> None:
     plt.close(fig)
 
 
+def image_rows_figure(rows: dict[str, dict[str, torch.Tensor]], path: str | Path, columns: int = 10,
+                      pdf: bool = False) -> None:
+    """Rows of titled image grids (images on the [-1, 1] scale): one row per entry of ``rows`` (a dataset,
+    a run), one panel per entry of its dict; a row title (if not empty) is written left of the row.
+    ``pdf``: also save a PDF beside the PNG ``path``."""
+    n_columns = max(len(panels) for panels in rows.values())
+    fig, axes = plt.subplots(len(rows), n_columns, figsize=(3.2 * n_columns, 3.4 * len(rows)), squeeze=False)
+    for row_axes, (row_title, panels) in zip(axes, rows.items()):
+        for ax in row_axes:
+            ax.axis("off")
+        for ax, (title, images) in zip(row_axes, panels.items()):
+            grid = make_grid((images.detach().cpu().clamp(-1, 1) + 1) / 2, nrow=columns, padding=1, pad_value=1.0)
+            ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(title)
+        if row_title:
+            row_axes[0].text(-0.04, 0.5, row_title, transform=row_axes[0].transAxes, rotation=90,
+                             ha="right", va="center", fontsize=11)
+    (_both_formats if pdf else save_figure)(fig, path)
+
+
 def image_grid_figure(panels: dict[str, torch.Tensor], path: str | Path, columns: int = 10) -> None:
     """Side-by-side grids of images on the [-1, 1] scale, one titled panel per entry (Fig. 4 layout)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
-    for ax, (title, images) in zip(axes if len(panels) > 1 else [axes], panels.items()):
-        grid = make_grid((images.detach().cpu().clamp(-1, 1) + 1) / 2, nrow=columns, padding=1, pad_value=1.0)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
-        ax.set_title(title)
-        ax.axis("off")
-    save_figure(fig, path)
+    image_rows_figure({"": panels}, path, columns)
 
 
 def _both_formats(fig, path: str | Path) -> None:
@@ -37,6 +51,21 @@ def _both_formats(fig, path: str | Path) -> None:
     path = Path(path)
     atomic_write(path.with_suffix(".pdf"), lambda f: fig.savefig(f, format="pdf", bbox_inches="tight"))
     save_figure(fig, path)
+
+
+def _latent_limit(populations) -> float:
+    """Half-width of square axes that hold every point: 4 (the prior's range) or the largest coordinate."""
+    return max(4.0, math.ceil(max(float(z.abs().max()) for z in populations)))
+
+
+def _scatter_digits(ax, z: torch.Tensor, labels: torch.Tensor, digits: list[int], limit: float) -> None:
+    """2-D latents coloured by digit on the axes [-limit, limit]^2."""
+    colours = plt.get_cmap("tab10")
+    for i, digit in enumerate(digits):
+        chosen = labels == digit
+        ax.scatter(z[chosen, 0], z[chosen, 1], s=2, alpha=0.5, color=colours(i), label=f"digit {digit}")
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
+    ax.tick_params(labelsize=7)
 
 
 def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]], prior: torch.Tensor,
@@ -49,22 +78,40 @@ def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]]
     and no point is cut off.
     """
     titles = [*panels, "prior sample"]
-    largest = max(float(z.abs().max()) for z in [prior, *(z for z, _ in panels.values())])
-    limit = max(4.0, math.ceil(largest))
+    limit = _latent_limit([prior, *(z for z, _ in panels.values())])
     fig, axes = plt.subplots(1, len(titles), figsize=(3.0 * len(titles), 3.2), squeeze=False, layout="constrained")
     digits = sorted({int(d) for _, labels in panels.values() for d in labels})
-    colours = plt.get_cmap("tab10")
     for ax, title in zip(axes[0], titles):
         if title in panels:
-            z, labels = panels[title]
-            for i, digit in enumerate(digits):
-                chosen = labels == digit
-                ax.scatter(z[chosen, 0], z[chosen, 1], s=2, alpha=0.5, color=colours(i), label=f"digit {digit}")
+            _scatter_digits(ax, *panels[title], digits, limit)
         else:
             ax.scatter(prior[:, 0], prior[:, 1], s=2, alpha=0.5, color="0.3", label="N(0, I)")
-        ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
+            ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal")
+            ax.tick_params(labelsize=7)
         ax.set_title(title, fontsize=9)
-        ax.tick_params(labelsize=7)
+    axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
+    _both_formats(fig, path)
+
+
+def latent_comparison_figure(panels: dict[str, dict], path: str | Path) -> None:
+    """Fig. 3: the 2-D latents of the training images under several models, side by side on the same axes,
+    with the prior N(0, I)'s density contours (the circles through which 39 %, 86 % and 99 % of its mass
+    lies inside: radii 1, 2, 3) and each population's OT cost to a prior sample in the panel's title.
+
+    ``panels``: title -> {"latents": (n, 2), "labels": (n,), "ot_cost": float, "ot_cost_prior_floor": float}.
+    """
+    limit = _latent_limit([p["latents"] for p in panels.values()])
+    digits = sorted({int(d) for p in panels.values() for d in p["labels"]})
+    grid = torch.linspace(-limit, limit, 301)
+    x, y = torch.meshgrid(grid, grid, indexing="xy")
+    density = torch.exp(-(x**2 + y**2) / 2) / (2 * math.pi)
+    levels = [math.exp(-r**2 / 2) / (2 * math.pi) for r in (3, 2, 1)]  # increasing density
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3.8), squeeze=False, layout="constrained")
+    for ax, (title, panel) in zip(axes[0], panels.items()):
+        ax.contour(x.numpy(), y.numpy(), density.numpy(), levels=levels, colors="0.4", linewidths=0.8)
+        _scatter_digits(ax, panel["latents"], panel["labels"], digits, limit)
+        ax.set_title(f"{title}\nOT cost to the prior {panel['ot_cost']:.3f}\n"
+                     f"(two prior samples: {panel['ot_cost_prior_floor']:.3f})", fontsize=9)
     axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
     _both_formats(fig, path)
 

@@ -12,6 +12,8 @@ from tqdm.auto import tqdm
 Generator = Callable[[torch.Tensor], torch.Tensor]
 #: log p(z) up to a constant, per example; ``None`` stands for the standard normal prior -||z||^2 / 2.
 LogPrior = Callable[[torch.Tensor], torch.Tensor] | None
+#: 1 where a pixel is observed, 0 where it is missing (broadcast over the images); ``None``: all observed.
+Mask = torch.Tensor | None
 
 
 class DivergenceError(RuntimeError):
@@ -24,11 +26,16 @@ def standard_normal_log_prior(z: torch.Tensor) -> torch.Tensor:
 
 
 def log_joint(generator: Generator, z: torch.Tensor, images: torch.Tensor, sigma: float,
-              log_prior: LogPrior = None) -> torch.Tensor:
+              log_prior: LogPrior = None, mask: Mask = None) -> torch.Tensor:
     """Per-example log p(I, z) up to its constant (Eq. 5): -||I - g(z)||^2 / (2 sigma^2) + log p(z), with
-    log p(z) = -||z||^2 / 2 unless ``log_prior`` gives another prior (LEBM's f(z) - ||z||^2 / 2)."""
-    residual = (images - generator(z)).flatten(1)
-    return -residual.pow(2).sum(1) / (2 * sigma**2) + (log_prior or standard_normal_log_prior)(z)
+    log p(z) = -||z||^2 / 2 unless ``log_prior`` gives another prior (LEBM's f(z) - ||z||^2 / 2).
+
+    With a ``mask`` m, the likelihood of the observed pixels only: -||m * (I - g(z))||^2 / (2 sigma^2)
+    (learning from incomplete images; missing pixels neither pull z nor the generator)."""
+    residual = images - generator(z)
+    if mask is not None:
+        residual = residual * mask
+    return -residual.flatten(1).pow(2).sum(1) / (2 * sigma**2) + (log_prior or standard_normal_log_prior)(z)
 
 
 def langevin_step(
@@ -40,6 +47,7 @@ def langevin_step(
     sigma: float,
     noise: torch.Tensor,
     log_prior: LogPrior = None,
+    mask: Mask = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One step of Eq. (6): z + (s^2/2) grad_z log p(z|I) + s xi, with the gradient per example.
 
@@ -47,7 +55,7 @@ def langevin_step(
     example, exactly that example's gradient (it is not divided by the batch size).
     Returns the new z and log p(I, z) at the old z.
     """
-    return _step(lambda latents: log_joint(generator, latents, images, sigma, log_prior), z, step_size, noise)
+    return _step(lambda latents: log_joint(generator, latents, images, sigma, log_prior, mask), z, step_size, noise)
 
 
 def _step(log_density, z: torch.Tensor, step_size: float, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,7 +92,7 @@ class InferenceStats:
     backoff: list | None = None
 
 
-def _chain(generator, batch, z, noise, *, step_size, sigma, log_prior=None):
+def _chain(generator, batch, z, noise, *, step_size, sigma, log_prior=None, mask=None):
     """K = len(noise) Langevin steps; (z_K, log p at z_0, per-step finiteness flags).
 
     Nothing here waits for the device, so that the chain can be captured as a CUDA graph;
@@ -93,7 +101,7 @@ def _chain(generator, batch, z, noise, *, step_size, sigma, log_prior=None):
     log_p_start, finite = None, []
     for k in range(len(noise)):
         z, log_p = langevin_step(generator, z, batch, step_size=step_size, sigma=sigma, noise=noise[k],
-                                 log_prior=log_prior)
+                                 log_prior=log_prior, mask=mask)
         log_p_start = log_p if k == 0 else log_p_start
         finite.append(torch.isfinite(log_p).all())
         if z.device.type == "cpu" and not finite[-1]:  # arithmetic on Inf/NaN is slow and pointless
@@ -132,7 +140,7 @@ class GraphedChain:
         return tuple(out.clone() for out in self.outputs)
 
 
-def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs, log_prior=None):
+def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs, log_prior=None, mask=None):
     """K Langevin steps for one batch; (z, sum of log p at the start, at the end) or DivergenceError.
 
     ``graphs`` (a dict, or None for eager execution) caches one GraphedChain per batch shape.
@@ -140,7 +148,7 @@ def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs,
     noise = torch.randn((steps, *z.shape), generator=rng).to(z.device)
     if graphs is None:
         z, log_p_start, finite = _chain(generator, batch, z, noise, step_size=step_size, sigma=sigma,
-                                        log_prior=log_prior)
+                                        log_prior=log_prior, mask=mask)
     else:
         key = tuple(z.shape)
         if key not in graphs:
@@ -155,7 +163,7 @@ def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs,
     if not torch.isfinite(z).all():
         raise DivergenceError(f"Langevin latents became non-finite in examples {lo}..{lo + len(z) - 1}")
     with torch.no_grad():
-        end = log_joint(generator, z, batch, sigma, log_prior).sum().item()
+        end = log_joint(generator, z, batch, sigma, log_prior, mask).sum().item()
     start = log_p_start.sum().item()
     if not (math.isfinite(start) and math.isfinite(end)):
         raise DivergenceError(
@@ -179,6 +187,7 @@ def short_run_inference(
     backoff: int = 0,
     cuda_graph: bool = False,
     log_prior: LogPrior = None,
+    mask: Mask = None,
 ) -> tuple[torch.Tensor, InferenceStats]:
     """K-step Langevin dynamics (Eq. 7) from ``z_init`` for every image, in batches.
 
@@ -190,24 +199,27 @@ def short_run_inference(
     ``backoff`` > 0 (opt-in) retries a diverged batch up to that many times, each time from the
     same starting latents and noise with half the step size; ``stats.backoff`` lists what fired.
     ``cuda_graph`` replays each batch's chain as a CUDA graph (GraphedChain) on a CUDA device.
-    ``log_prior`` replaces the standard normal prior of Eq. (5) (LEBM's learned prior).
+    ``log_prior`` replaces the standard normal prior of Eq. (5) (LEBM's learned prior). ``mask`` (one per
+    image, like ``images``, on the CPU) keeps the likelihood to the observed pixels (``log_joint``); masked
+    chains run eagerly (no CUDA graph).
     """
     n = images.shape[0]
     out = torch.empty_like(z_init)
     start_sum = end_sum = 0.0
     fired = []
     device = torch.device(device)
-    graphs = {} if cuda_graph and device.type == "cuda" else None
+    graphs = {} if cuda_graph and device.type == "cuda" and mask is None else None
     bar = tqdm(total=n * steps, desc="Langevin", unit="step", disable=not progress, unit_scale=True)
     for lo in range(0, n, batch_size):
         batch = images[lo : lo + batch_size].to(device)
+        batch_mask = None if mask is None else mask[lo : lo + batch_size].to(device)
         z0 = z_init[lo : lo + batch_size].to(device)
         rng_state, size = rng.get_state(), step_size
         for attempt in range(backoff + 1):
             try:
                 z, start, end = _run_batch(generator, batch, z0, steps=steps, step_size=size, sigma=sigma,
                                            rng=rng, lo=lo, graphs=graphs if size == step_size else None,
-                                           log_prior=log_prior)
+                                           log_prior=log_prior, mask=batch_mask)
                 break
             except DivergenceError as exc:
                 if attempt == backoff:

@@ -11,9 +11,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 
-def reconstruction_loss(generator: nn.Module, z: torch.Tensor, images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Batch mean of ||I - g(z)||^2 / (2 sigma^2), the negative of Eq. (5) in theta."""
-    return (images - generator(z)).flatten(1).pow(2).sum(1).mean() / (2 * sigma**2)
+def reconstruction_loss(generator: nn.Module, z: torch.Tensor, images: torch.Tensor, sigma: float,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch mean of ||I - g(z)||^2 / (2 sigma^2), the negative of Eq. (5) in theta; with a ``mask`` m
+    (1 observed, 0 missing) ||m * (I - g(z))||^2 / (2 sigma^2), the observed pixels' likelihood."""
+    residual = images - generator(z)
+    if mask is not None:
+        residual = residual * mask
+    return residual.flatten(1).pow(2).sum(1).mean() / (2 * sigma**2)
 
 
 def make_optimizer(module: nn.Module, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
@@ -44,11 +49,14 @@ def learn(
     rng: torch.Generator,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    mask: torch.Tensor | None = None,
 ) -> LearningStats:
-    """``passes`` (L2 of Table 6) shuffled minibatch passes of Adam over the pairs (z_i, I_i)."""
+    """``passes`` (L2 of Table 6) shuffled minibatch passes of Adam over the pairs (z_i, I_i); with a
+    ``mask`` per image, on the likelihood of its observed pixels."""
     generator.train()
     n = images.shape[0]
     images, latents = images.to(device), latents.to(device)  # one copy; batches are gathered on the device
+    mask = None if mask is None else mask.to(device)
     pass_losses, grad_norms, updates = [], [], 0
     bar = tqdm(total=passes * n, desc="learning", unit="img", disable=not progress, unit_scale=True)
     for _ in range(passes):
@@ -56,7 +64,8 @@ def learn(
         total = torch.zeros((), device=device)  # summed on the device: no wait for it per update
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
-            loss = reconstruction_loss(generator, latents[idx], images[idx], sigma)
+            loss = reconstruction_loss(generator, latents[idx], images[idx], sigma,
+                                       None if mask is None else mask[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norms.append(torch.nn.utils.clip_grad_norm_(generator.parameters(), float("inf")))

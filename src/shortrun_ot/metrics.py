@@ -97,13 +97,20 @@ def latent_frechet_distance(latents: torch.Tensor) -> float:
     return float(mean.square().sum() + (eigenvalues + 1 - 2 * eigenvalues.sqrt()).sum())
 
 
-def reconstruction_mse(images: torch.Tensor, reconstructions: torch.Tensor) -> float:
-    """Per-pixel mean squared error on the [0, 1] scale of images given on the model's [-1, 1] scale."""
+def reconstruction_mse(images: torch.Tensor, reconstructions: torch.Tensor, pixels: torch.Tensor | None = None) -> float:
+    """Per-pixel mean squared error on the [0, 1] scale of images given on the model's [-1, 1] scale; with
+    ``pixels`` (a 0/1 mask broadcast over the images, e.g. the missing pixels of occluded images), the mean
+    over the selected pixels only."""
     images, reconstructions = torch.as_tensor(images), torch.as_tensor(reconstructions)
     if images.shape != reconstructions.shape:
         raise ValueError(f"shape mismatch: {tuple(images.shape)} vs {tuple(reconstructions.shape)}")
     x, y = (images.double() + 1) / 2, (reconstructions.double() + 1) / 2
-    return float(((x - y) ** 2).mean())
+    if pixels is None:
+        return float(((x - y) ** 2).mean())
+    selected = torch.as_tensor(pixels).double().expand_as(x)
+    if not selected.sum() > 0:
+        raise ValueError("the pixel mask selects no pixel")
+    return float(((x - y) ** 2 * selected).sum() / selected.sum())
 
 
 def auprc(scores, is_anomaly) -> float:

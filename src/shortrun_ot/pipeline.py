@@ -21,7 +21,7 @@ import psutil
 import torch
 
 from . import data, layout
-from .config import method_class
+from .config import method_class, stage_rng
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
 from .methods.base import Method, StageContext, StageRef, StateFile
 from .models import architecture_of
@@ -57,6 +57,26 @@ def load_training_images(path: str | Path, settings: dict, with_labels: bool = F
     images = data.to_model_scale(prepared["train_images"])
     images, labels = select_images(images, prepared.get("train_labels"), settings, settings["train_images"])
     return (images, labels) if with_labels else images
+
+
+def occlusion_of(settings: dict, images: torch.Tensor) -> torch.Tensor | None:
+    """The fixed mask (1 observed, 0 missing) of each training image of a run with ``occlusion.missing`` > 0,
+    drawn once from the run's seed (the same in every stage and iteration); None for complete images."""
+    missing = settings.get("occlusion", {}).get("missing", 0.0)
+    if not missing:
+        return None
+    return data.occlusion_mask(tuple(images.shape), missing, stage_rng(settings["seed"], 0, "occlusion"))
+
+
+def training_context(path: str | Path, settings: dict, device: torch.device, progress: bool = False,
+                     cuda_graph: bool = False) -> StageContext:
+    """What a stage trains on: the run's training images, with their missing pixels set to 0 and their
+    masks when the run learns from occluded images (so that no stage can see a missing pixel)."""
+    images = load_training_images(path, settings)
+    mask = occlusion_of(settings, images)
+    if mask is not None:
+        images = images * mask
+    return StageContext(images, device, progress, cuda_graph, mask)
 
 
 def load_test_images(path: str | Path, settings: dict, limit: int | None = None):
@@ -118,7 +138,7 @@ def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path],
     if set(input_paths) != expected:
         raise ValueError(f"stage {ref.stage} of iteration {ref.iteration} reads {sorted(expected)}, "
                          f"got {sorted(input_paths)}")
-    ctx = StageContext(load_training_images(data_path, settings), device, progress, cuda_graph)
+    ctx = training_context(data_path, settings, device, progress, cuda_graph)
     inputs = {role: load_state(path, settings) for role, path in input_paths.items()}
     startup = process_age()
     compute_start = time.perf_counter()
@@ -140,7 +160,8 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
         raise ValueError(f"a block needs 1 <= first <= last, got {first}..{last}")
     started = time.perf_counter()
     method = build_method(settings)
-    ctx = StageContext(load_training_images(data_path, settings).to(device), device, progress, cuda_graph)
+    ctx = training_context(data_path, settings, device, progress, cuda_graph)
+    ctx.images = ctx.images.to(device)
     cache = {path: load_state(path, settings) for path in layout.block_inputs(run_dir, method, first, last)}
     startup = process_age()
     reports = []

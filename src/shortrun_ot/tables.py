@@ -124,3 +124,37 @@ def table4(before: dict[float, str | Path], after: dict[float, str | Path], refe
     paper = (paper.pivot_table(index=["step_size", "point"], columns="metric", values="value", sort=False)
              .reset_index().rename(columns={"mse": "mse_train"}).assign(source="paper"))
     return pd.concat([measured, paper], ignore_index=True)
+
+
+def _metrics_row(m: dict) -> dict:
+    """The columns every measured row of an ablation shares: quality, distance to the prior, training cost."""
+    training = m.get("training", {})
+    return {"dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "run": m["run"],
+            **{key: m[key] for key in EVALUATION_COLUMNS}, "train_images": m["train_images"],
+            "iterations": m["iterations"], "train_seconds": training.get("train_seconds"), "device": m["device"]}
+
+
+def ablation_table(number: int, key: str, metrics: dict[float, list[str | Path]], reference: str | Path) -> pd.DataFrame:
+    """An ablation over one setting (Tables 3, 5, 6): per value of ``key`` and base run, the final model's
+    metrics and its training cost (seconds, device); below, the paper's rows of table ``number`` (their
+    ``model`` column is ``<symbol>=<value>``: d=20, K=30, L2=1)."""
+    measured = pd.DataFrame([{key: value, "source": "measured", **_metrics_row(json.loads(Path(path).read_text()))}
+                             for value, paths in metrics.items() for path in paths])
+    paper = paper_rows(reference, number)
+    paper = paper.assign(setting=paper["model"].str.split("=").str[1].astype(float))
+    paper = (paper.pivot_table(index=["dataset", "setting"], columns="metric", values="value", sort=False)
+             .reset_index().rename(columns={"setting": key, "mse": "mse_train"}).assign(source="paper"))
+    return pd.concat([measured.sort_values(["dataset", key]), paper], ignore_index=True)
+
+
+def occlusion_table(metrics_files: list[str | Path]) -> pd.DataFrame:
+    """Learning from occluded images: per run, the fraction of pixels missing, the training reconstructions'
+    MSE on the observed and on the missing pixels (unsupervised inpainting), on test images and FID."""
+    rows = []
+    for path in metrics_files:
+        m = json.loads(Path(path).read_text())
+        if "mse_train_missing" not in m:
+            raise ValueError(f"{path}: run {m['run']!r} did not learn from occluded images (no 'occlusion.missing')")
+        rows.append({"missing_fraction": m["missing_fraction"], **_metrics_row(m),
+                     "mse_train_observed": m["mse_train_observed"], "mse_train_missing": m["mse_train_missing"]})
+    return pd.DataFrame(rows).sort_values(["missing_fraction", "run"], ignore_index=True)

@@ -192,6 +192,17 @@ def table4_evaluations(point):
             for value, run in sweep_values(FIGURES["table4"]["sweep"])}
 
 
+ABLATIONS = [name for name in FIGURES if name in ("table3", "table5", "table6")]  # one-key sweeps as tables
+
+
+def ablation_metrics(table):
+    """VALUE -> the final metrics.json of the point of each base run of the ablation's sweep."""
+    files = {}
+    for _, value, run in sweep_points(config, FIGURES[table]["sweep"], SETTINGS):
+        files.setdefault(value, []).append(f"{run_dir(run)}/metrics.json")
+    return files
+
+
 def value_pairs(files):
     """`VALUE=PATH ...` for the command line, from VALUE -> path or list of paths."""
     return " ".join(f"{value}={path}" for value, paths in files.items()
@@ -200,8 +211,9 @@ def value_pairs(files):
 
 def figure_targets():
     """Every figure and ablation table the configuration declares."""
-    names = {"figure2": "figures/figure2.png", "figure5": "figures/figure5.png", "table4": "table4.csv",
-             "chain_stability": "figures/chain_stability.png"}
+    names = {"figure2": "figures/figure2.png", "figure3": "figures/figure3.png", "figure4": "figures/figure4.png",
+             "figure5": "figures/figure5.png", "table3": "table3.csv", "table4": "table4.csv", "table5": "table5.csv",
+             "table6": "table6.csv", "occlusion": "figures/occlusion.png", "chain_stability": "figures/chain_stability.png"}
     return [f"{RESULTS}/{names[name]}" for name in FIGURES]
 
 

@@ -7,7 +7,8 @@ rule grid:
         data=prepared_data,
         final=f"{RUN}/final",
     output:
-        report(f"{RUN}/figures/grid.png", category="Samples", caption="../report/grid.rst"),
+        png=report(f"{RUN}/figures/grid.png", category="Samples", caption="../report/grid.rst"),
+        panels=f"{RUN}/figures/grid.pt",  # the same images, for the figures of several runs (Fig. 4, occlusion)
     params:
         model=lambda w: roles(final_model(w.run)),
         test_steps=EVAL["test_langevin_steps"],
@@ -19,7 +20,29 @@ rule grid:
         runtime=15,
     shell:
         "{CLI} grid --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
-        "--test-steps {params.test_steps} --batch-size {params.batch_size} --device cpu --out {output} > {log} 2>&1"
+        "--test-steps {params.test_steps} --batch-size {params.batch_size} --device cpu --out {output.png} "
+        "--panels {output.panels} > {log} 2>&1"
+
+
+rule latents:
+    """The latents of every training image under the final model, with the images' labels (Fig. 3)."""
+    input:
+        config=f"{RUN}/config.json",
+        data=prepared_data,
+        final=f"{RUN}/final",
+    output:
+        f"{RUN}/latents.pt",
+    params:
+        model=lambda w: roles(final_model(w.run)),
+        batch_size=EVAL["batch_size"],
+    log:
+        f"{RUN}/logs/latents.log",
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    shell:
+        "{CLI} latents --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
+        "--batch-size {params.batch_size} --device cpu --out {output} > {log} 2>&1"
 
 
 rule figures:
@@ -147,3 +170,93 @@ if "chain_stability" in FIGURES:
             runtime=5,
         shell:
             "{CLI} chain-stability-figure --results {input} --csv {output.csv} --out {output.png} > {log} 2>&1"
+
+
+if "figure3" in FIGURES:
+
+    rule figure3:
+        """Fig. 3: the 2-D latents of the training images under each run, with the prior's contours and OT cost."""
+        input:
+            latents=[f"{run_dir(run)}/latents.pt" for run in FIGURES["figure3"]["runs"]],
+            metrics=[f"{run_dir(run)}/metrics.json" for run in FIGURES["figure3"]["runs"]],
+        output:
+            png=report(f"{RESULTS}/figures/figure3.png", category="Figures", caption="../report/figure3.rst"),
+            pdf=f"{RESULTS}/figures/figure3.pdf",
+        log:
+            f"{RESULTS}/logs/figure3.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} figure3 --latents {input.latents} --metrics {input.metrics} --out {output.png} > {log} 2>&1"
+
+
+if "figure4" in FIGURES:
+
+    rule figure4:
+        """Fig. 4: reconstructions and samples, one row per run (per dataset)."""
+        input:
+            [f"{run_dir(run)}/figures/grid.pt" for run in FIGURES["figure4"]["runs"]],
+        output:
+            png=report(f"{RESULTS}/figures/figure4.png", category="Figures", caption="../report/figure4.rst"),
+            pdf=f"{RESULTS}/figures/figure4.pdf",
+        log:
+            f"{RESULTS}/logs/figure4.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} figure4 --grids {input} --out {output.png} > {log} 2>&1"
+
+
+if "occlusion" in FIGURES:
+
+    rule occlusion:
+        """Learning from occluded images: observed pixels, originals and reconstructions per run; MSE on the
+        observed and on the missing pixels."""
+        input:
+            grids=[f"{run_dir(run)}/figures/grid.pt" for run in FIGURES["occlusion"]["runs"]],
+            metrics=[f"{run_dir(run)}/metrics.json" for run in FIGURES["occlusion"]["runs"]],
+        output:
+            png=report(f"{RESULTS}/figures/occlusion.png", category="Figures", caption="../report/occlusion.rst"),
+            pdf=f"{RESULTS}/figures/occlusion.pdf",
+            csv=report(f"{RESULTS}/occlusion.csv", category="Tables", caption="../report/occlusion_table.rst"),
+            markdown=f"{RESULTS}/occlusion.md",
+        log:
+            f"{RESULTS}/logs/occlusion.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} occlusion --grids {input.grids} --metrics {input.metrics} --csv {output.csv} "
+            "--markdown {output.markdown} --out {output.png} > {log} 2>&1"
+
+
+if ABLATIONS:
+
+    rule ablation_table:
+        """An ablation table (Tables 3, 5, 6): the final metrics and training cost of each point of a sweep."""
+        input:
+            metrics=lambda w: [path for paths in ablation_metrics(w.table).values() for path in paths],
+            reference=PAPER_RESULTS,
+        output:
+            csv=report(f"{RESULTS}/{{table}}.csv", category="Tables", caption="../report/ablation.rst"),
+            markdown=f"{RESULTS}/{{table}}.md",
+        params:
+            number=lambda w: w.table.removeprefix("table"),
+            key=lambda w: config["sweeps"][FIGURES[w.table]["sweep"]]["key"],
+            metrics=lambda w: value_pairs(ablation_metrics(w.table)),
+        log:
+            f"{RESULTS}/logs/{{table}}.log",
+        wildcard_constraints:
+            table="|".join(ABLATIONS),
+        localrule: True
+        resources:
+            mem_mb=1000,
+            runtime=5,
+        shell:
+            "{CLI} ablation-table --table {params.number} --key {params.key} --metrics {params.metrics} "
+            "--reference {input.reference} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"

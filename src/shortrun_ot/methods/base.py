@@ -68,12 +68,14 @@ class StateFile(dict):
 
 @dataclass
 class StageContext:
-    """What a stage computes on: the run's training images ([-1, 1], CPU) and where to compute."""
+    """What a stage computes on: the run's training images ([-1, 1], CPU) and where to compute; ``mask``:
+    for a run that learns from occluded images, 1 on each image's observed pixels, 0 on its missing ones."""
 
     images: torch.Tensor
     device: torch.device
     progress: bool = False
     cuda_graph: bool = False
+    mask: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

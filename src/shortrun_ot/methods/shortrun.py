@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from ..config import stage_rng
-from ..langevin import DivergenceError, LogPrior, chain_divergence, log_joint, short_run_inference, standard_normal_log_prior
+from ..langevin import (DivergenceError, LogPrior, Mask, chain_divergence, log_joint, short_run_inference,
+                        standard_normal_log_prior)
 from ..learning import learn, make_optimizer
 from ..metrics import latent_frechet_distance
 from ..models import build_generator, architecture_of, frozen_batchnorm_statistics
@@ -64,9 +65,9 @@ def load_generator(model: StateFile, settings: dict, device, with_optimizer: boo
 
 
 def infer_latents(settings: dict, generator, images, z0, rng, device, progress=False, cuda_graph=False,
-                  steps: int | None = None, log_prior: LogPrior = None):
+                  steps: int | None = None, log_prior: LogPrior = None, mask: Mask = None):
     """K-step short-run Langevin (Eq. 7) from ``z0`` with batch-norm batch statistics, as in learning;
-    ``log_prior``: a prior other than N(0, I) (LEBM)."""
+    ``log_prior``: a prior other than N(0, I) (LEBM); ``mask``: the observed pixels of occluded images."""
     langevin = settings["langevin"]
     generator.train()
     try:
@@ -75,6 +76,7 @@ def infer_latents(settings: dict, generator, images, z0, rng, device, progress=F
                 generator, images, z0, steps=steps or langevin["steps"], step_size=langevin["step_size"],
                 sigma=settings["sigma"], batch_size=settings["batch_size"], rng=rng, device=device,
                 progress=progress, backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph, log_prior=log_prior,
+                mask=mask,
             )
     except DivergenceError as exc:
         raise DivergenceError(f"{exc}; lower 'langevin.step_size' (now {langevin['step_size']}) in params.yaml "
@@ -86,11 +88,12 @@ def latent_report(z: torch.Tensor) -> dict:
     return {"latent_fd": latent_frechet_distance(z), "latent_norm": z.norm(dim=1).mean().item()}
 
 
-def learning_report(settings: dict, generator, optimizer, images, z, rng, device, progress) -> dict:
-    """L2 Adam passes on the (z, I) pairs (Alg. 1, line 13), checked for finiteness."""
+def learning_report(settings: dict, generator, optimizer, images, z, rng, device, progress, mask: Mask = None) -> dict:
+    """L2 Adam passes on the (z, I) pairs (Alg. 1, line 13), checked for finiteness; ``mask``: the observed
+    pixels of occluded images."""
     stats = learn(generator, optimizer, images, z, passes=settings["learning"]["passes"],
                   batch_size=settings["batch_size"], sigma=settings["sigma"], rng=rng, device=device,
-                  progress=progress)
+                  progress=progress, mask=mask)
     losses = torch.tensor([stats.loss_first_pass, stats.loss_last_pass, stats.grad_norm])
     if not torch.isfinite(losses).all():  # the loss is >= 0, so one non-finite batch makes its pass non-finite
         raise FloatingPointError(
@@ -181,13 +184,14 @@ class ShortRunOT(Method):
         else:
             z0 = torch.randn((n, d), generator=self.rng(t, "init"))
         z, stats = infer_latents(self.settings, generator, ctx.images, z0, self.rng(t, "langevin"), ctx.device,
-                                 ctx.progress, ctx.cuda_graph, log_prior=log_prior)
+                                 ctx.progress, ctx.cuda_graph, log_prior=log_prior, mask=ctx.mask)
         report = {k: v for k, v in vars(stats).items() if v is not None}  # "backoff" only when it fired
         # log p = -||I - g(z)||^2 / (2 sigma^2) + log p(z) (Eq. 5): the reconstruction error follows
         with torch.no_grad():
             log_prior_end = (log_prior or standard_normal_log_prior)(z.to(ctx.device)).mean().item()
         squared_error = -2 * self.settings["sigma"] ** 2 * (stats.log_joint_end - log_prior_end)
-        pixels = ctx.images[0].numel()
+        # per observed pixel; an (N, 1, H, W) mask counts a pixel of every channel
+        pixels = ctx.images[0].numel() if ctx.mask is None else ctx.mask.mean(0).sum().item() * ctx.images.shape[1]
         return {"latents": z}, {**report, **latent_report(z), "mse": squared_error / pixels / 4}
 
     def correct(self, t, inputs, ctx):
@@ -216,7 +220,7 @@ class ShortRunOT(Method):
         z = inputs["latents"].latents("latents", len(ctx.images), latent_size(self.settings))
         torch.manual_seed(self.rng(t, "torch").initial_seed())
         report = learning_report(self.settings, generator, optimizer, ctx.images, z, self.rng(t, "shuffle"),
-                                 ctx.device, ctx.progress)
+                                 ctx.device, ctx.progress, ctx.mask)
         return {"generator": generator.state_dict(), "optimizer": optimizer.state_dict()}, report
 
     # -- evaluation
