@@ -47,6 +47,9 @@ def with_figures(config: dict) -> dict:
         "occlusion": {"runs": ["ours-missing50"]},
         "figure5": {"sweep": "alpha", "fid_every": 2},
         "table4": {"sweep": "step_size"},
+        "eight_gaussians": {"seed": 0, "points_per_mode": 4, "radius": 10, "snapshots": [1, 3],
+                            "potential": {"layers": 3, "width": 8, "slope": 0.0, "gradient_weight": 0.0,
+                                          "learning": {"lr": 0.01, "beta1": 0.5, "beta2": 0.999}}},
         "chain_stability": {"runs": ["ours"], "step_sizes": [0.01, 3.0], "steps": 5, "images": 20,
                             "perturbation": 1e-3},
     }

@@ -224,6 +224,18 @@ def test_prepare_and_load_standard_split(tmp_path, no_download):
     assert torch.equal(data.load_prepared_labels(out, "train"), raw["train_labels"])
 
 
+def test_test_images_is_a_cap_and_classes_select_the_test_images_too(tmp_path, no_download):
+    from shortrun_ot.pipeline import load_test_images
+
+    write_mnist_files(tmp_path / "raw", make_mnist_like(), ".gz")
+    out = tmp_path / "mnist.pt"
+    data.prepare("mnist", tmp_path / "raw", out)
+    images, labels = load_test_images(out, {"classes": [0, 1]}, limit=500)  # 4 of the 20 test images are 0 or 1
+    assert len(images) == 4 and sorted(labels.tolist()) == [0, 0, 1, 1]
+    images, labels = load_test_images(out, {"classes": None}, limit=7)
+    assert len(images) == 7 and labels.tolist() == list(range(7))
+
+
 def test_prepare_and_load_anomaly_split(tmp_path, no_download):
     raw = make_mnist_like()
     write_mnist_files(tmp_path, raw)

@@ -21,7 +21,7 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     path.write_text(yaml.safe_dump(config))
     snakemake("--configfile", "config/quick.yaml", str(path), "--", "figures")
     results = tmp_path / "results"
-    for name in ("figure2", "figure3", "figure4", "figure5", "occlusion", "chain_stability"):
+    for name in ("figure2", "figure3", "figure4", "figure5", "occlusion", "chain_stability", "eight_gaussians"):
         assert Image.open(results / "figures" / f"{name}.png").size[0] > 500
         assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -78,3 +78,7 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     assert occlusion["run"] == "ours-missing50" and occlusion["missing_fraction"] == pytest.approx(0.5)
     assert 0 < occlusion["mse_train_observed"] and 0 < occlusion["mse_train_missing"]
     assert (results / "occlusion.md").read_text().startswith("Learning from occluded images")
+
+    # AE-OT's Fig. 2: a row of mode coverage per snapshot
+    coverage = pd.read_csv(results / "figures" / "eight_gaussians.csv")
+    assert coverage["iteration"].tolist() == [1, 3] and coverage["near_fraction"].between(0, 1).all()

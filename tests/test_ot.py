@@ -53,6 +53,8 @@ def is_permutation(index):
         (clustered, 1200, 30, None),
         (shifted_gaussian, 300, 8, 100),
         (clustered, 1200, 30, 100),
+        (clustered, 2500, 30, None),  # n > 2,048: the sparse matching (LAPJVsp); below, the dense one
+        (clustered, 900, 2, None),  # 2-D latents, as in Fig. 3
     ],
 )
 def test_assign_matches_exact_optimum(instance, n, d, max_iter):

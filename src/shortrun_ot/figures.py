@@ -152,3 +152,19 @@ def chain_stability_figure(table, path: str | Path, threshold: float) -> None:
            ylabel="median distance after K steps / initial distance")
     ax.legend(fontsize=8)
     _both_formats(fig, path)
+
+
+def potential_map_figure(source: torch.Tensor, target: torch.Tensor, panels: dict[str, dict], path: str | Path) -> None:
+    """AE-OT Fig. 2: per panel (a number of steps), D's surface, the target (green), the source (blue) and the
+    source mapped by z + grad D(z) (red). ``panels``: title -> {"mapped": (n, 2), "grid": (x, y, values)}."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.4), squeeze=False, layout="constrained")
+    for ax, (title, panel) in zip(axes[0], panels.items()):
+        x, y, values = panel["grid"]
+        surface = ax.contourf(x.numpy(), y.numpy(), values.numpy(), levels=20, cmap="Greys", alpha=0.6)
+        fig.colorbar(surface, ax=ax, shrink=0.8, label="D")
+        for points, colour, label in ((target, "tab:green", "target"), (source, "tab:blue", "source"),
+                                      (panel["mapped"], "tab:red", "z + grad D(z)")):
+            ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=5, color=colour, label=label)
+        ax.set(title=title, aspect="equal")
+    axes[0][0].legend(loc="lower left", fontsize=7, markerscale=2)
+    _both_formats(fig, path)

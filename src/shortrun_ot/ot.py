@@ -26,7 +26,8 @@ that is the permutation s with the largest summed inner product. Three stages:
    <x_i, y_j> + h_j, each target's k best sources by the slack
    <x_i, y_j> + h_j - max_l (<x_i, y_l> + h_l), and one perfect matching (the
    argmax map with its leftovers paired up), so a perfect matching exists. It is
-   solved exactly (``scipy.sparse.csgraph.min_weight_full_bipartite_matching``);
+   solved exactly (``scipy.sparse.csgraph.min_weight_full_bipartite_matching``, or
+   scipy's dense ``linear_sum_assignment`` for small or low-dimensional problems);
    potentials h that certify it on the graph come from shortest paths; one pass
    over all n^2 pairs in float64 then checks that every source prefers its own
    target under h. Sources that do not get their best targets added and the
@@ -59,12 +60,14 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse
 import torch
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import min_weight_full_bipartite_matching
 from tqdm import tqdm
 
 _CHUNK_BYTES = 2**28
 _EDGE_CHUNK = 2**20
 _MAX_REPAIR_ROUNDS = 10
+_DENSE_MATCHING_BYTES = 2**31
 
 
 @dataclass
@@ -356,7 +359,7 @@ def _repair(x64, y64, x, y, h, choice, k, progress):
         edge_key = torch.unique(sources * n + targets).cpu().numpy()
         rows, cols = edge_key // n, edge_key % n
         scores = _edge_scores(x64, y64, rows, cols)
-        permutation = _sparse_matching(n, rows, cols, scores, h64)
+        permutation = _sparse_matching(n, rows, cols, scores, h64, _use_dense(n, x.shape[1]))
         h64 = _feasible_potentials(rows, cols, scores, permutation, h64)
         permutation = torch.from_numpy(permutation).to(x64.device)
         h_device = torch.from_numpy(h64).to(x64.device)
@@ -382,8 +385,18 @@ def _edge_scores(x64, y64, rows, cols):
     return scores
 
 
-def _sparse_matching(n, rows, cols, scores, h):
-    """Maximum-score perfect matching on the candidate edges (exact, LAPJVsp).
+def _use_dense(n: int, d: int) -> bool:
+    """Dense matching for small problems (n <= 2,048: under a second) and for latents of at most
+    3 dimensions (nearly tied scores), where an n x n float64 matrix fits in 2 GiB."""
+    return n * n * 8 <= _DENSE_MATCHING_BYTES and (n <= 2048 or d <= 3)
+
+
+def _sparse_matching(n, rows, cols, scores, h, dense: bool):
+    """Maximum-score perfect matching on the candidate edges (exact): sparse LAPJVsp, or
+    with ``dense`` scipy's ``linear_sum_assignment`` with the other pairs forbidden.
+    LAPJVsp hung on the 900 2-D latents of a Fig. 3 run (scipy has known infinite loops
+    with float weights, gh-17269); the dense solver is slower (n = 5,000, d = 30: 12 s
+    against 2 s) and is used where that run's conditions hold (``_use_dense``).
 
     The solver sees the reduced costs max_l (s_il + h_l) - (s_ij + h_j): the same
     optimum, since every perfect matching shifts by the same constant, but with
@@ -394,6 +407,11 @@ def _sparse_matching(n, rows, cols, scores, h):
     row_best = np.full(n, -np.inf)
     np.maximum.at(row_best, rows, shifted)
     weights = row_best[rows] - shifted + 1.0  # positive: scipy drops explicit zeros
+    if dense:
+        dense = np.full((n, n), np.inf)
+        dense[rows, cols] = weights
+        _, permutation = linear_sum_assignment(dense)
+        return permutation.astype(np.int64)
     graph = scipy.sparse.csr_array((weights, (rows, cols)), shape=(n, n))
     _, permutation = min_weight_full_bipartite_matching(graph)
     return permutation.astype(np.int64)

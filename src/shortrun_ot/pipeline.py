@@ -80,13 +80,15 @@ def training_context(path: str | Path, settings: dict, device: torch.device, pro
 
 
 def load_test_images(path: str | Path, settings: dict, limit: int | None = None):
-    """The run's test images ([-1, 1]) and their labels (or anomaly flags), at most ``limit`` of them."""
+    """The run's test images ([-1, 1]) and their labels (or anomaly flags), at most ``limit`` of them
+    (``evaluation.test_images`` is a cap: a run on a few classes may have fewer)."""
     prepared = data.read_prepared(path)
     labels = prepared.get("test_is_anomaly", prepared.get("test_labels"))
     images = data.to_model_scale(prepared["test_images"])
     if settings["classes"] is not None and "test_is_anomaly" in prepared:
         raise ValueError("config key 'classes' cannot be combined with the anomaly protocol ('heldout_digit')")
-    return select_images(images, labels, settings, limit)
+    images, labels = select_images(images, labels, settings, None)
+    return images[:limit], (labels[:limit] if labels is not None else None)
 
 
 def _identity(settings: dict) -> tuple:

@@ -260,3 +260,25 @@ if ABLATIONS:
         shell:
             "{CLI} ablation-table --table {params.number} --key {params.key} --metrics {params.metrics} "
             "--reference {input.reference} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
+if "eight_gaussians" in FIGURES:
+
+    rule eight_gaussians:
+        """AE-OT Fig. 2: D regressed onto the Kantorovich potential from N(0, I) points to eight Gaussians."""
+        output:
+            png=report(f"{RESULTS}/figures/eight_gaussians.png", category="Figures",
+                       caption="../report/eight_gaussians.rst"),
+            pdf=f"{RESULTS}/figures/eight_gaussians.pdf",
+            csv=f"{RESULTS}/figures/eight_gaussians.csv",
+        params:
+            settings=shlex.quote(json.dumps(FIGURES["eight_gaussians"], sort_keys=True)),
+        log:
+            f"{RESULTS}/logs/eight_gaussians.log",
+        threads: 2
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} eight-gaussians --settings {params.settings} --csv {output.csv} "
+            "--out {output.png} > {log} 2>&1"
