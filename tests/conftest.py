@@ -31,7 +31,6 @@ def with_figures(config: dict) -> dict:
     and their runs to a tiny config."""
     digits01 = {"classes": [0, 1], "latent_dim": 2}
     config["runs"] = {"digits01": {"method": "shortrun", **digits01},
-                      "abp-digits01": {"method": "shortrun", **digits01, "correction": {"alpha": 0.0}},
                       "vae-digits01": {"method": "vae", **digits01, "iterations": 2},
                       "ours-missing50": {"method": "shortrun", "occlusion": {"missing": 0.5}}}
     config["sweeps"] = {
@@ -41,8 +40,8 @@ def with_figures(config: dict) -> dict:
     }
     config["figures"] = {
         "figure2": {"run": "digits01"},
-        "figure3": {"runs": ["vae-digits01", "abp-digits01", "digits01"]},
-        "figure4": {"runs": ["ours", "digits01"]},
+        "figure3": {"runs": ["vae-digits01", "digits01"]},
+        "figure4": {"runs": ["ours", "ours-missing50"]},
         "table5": {"sweep": "steps"},
         "occlusion": {"runs": ["ours-missing50"]},
         "figure5": {"sweep": "alpha", "fid_every": 2},

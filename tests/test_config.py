@@ -88,6 +88,7 @@ BAD = {
     "all pixels missing": (_set("runs.ours-missing90.occlusion", {"missing": 1.0}), "runs.ours-missing90.occlusion.missing"),
     "occlusion of a method without it": (_set("runs.vae.occlusion", {"missing": 0.5}), "runs.vae.occlusion"),
     "ablation table of an unknown sweep": (_set("figures.table5", {"sweep": "nosuch"}), "figures.table5.sweep"),
+    "Table 5 of a sweep over another setting": (_set("figures.table5", {"sweep": "step_size"}), "figures.table5.sweep"),
     "Fig. 4 of an unknown run": (_set("figures.figure4.runs", ["nosuch"]), "figures.figure4.runs"),
 }
 

@@ -173,6 +173,10 @@ def _check_figures(config: dict, settings: dict) -> None:
         if not settings[run].get("occlusion", {}).get("missing", 0):
             raise ConfigError(f"config key 'figures.occlusion.runs': run {run!r} learns from complete images; give "
                               "it occlusion: {missing: F} with 0 < F < 1 (a method with an occlusion setting)")
+    for name, key in ABLATION_KEYS.items():  # the paper's rows of each table are values of that setting
+        if name in figures and config["sweeps"][figures[name]["sweep"]]["key"] != key:
+            raise ConfigError(f"config key 'figures.{name}.sweep': {name} varies {key!r}, sweep "
+                              f"{figures[name]['sweep']!r} varies {config['sweeps'][figures[name]['sweep']]['key']!r}")
     for name in ("figure5", "table4"):
         if name in figures:
             if len(config["sweeps"][figures[name]["sweep"]]["runs"]) != 1:
@@ -180,6 +184,9 @@ def _check_figures(config: dict, settings: dict) -> None:
                                   "or column per value)")
             for _, _, run in sweep_points(config, figures[name]["sweep"], settings):
                 _check_corrects(run, settings[run], f"figures.{name}.sweep", allow_none=name == "figure5")
+
+
+ABLATION_KEYS = {"table3": "latent_dim", "table5": "langevin.steps", "table6": "learning.passes"}  # Sec. 6.4-6.5
 
 
 def correction_iterations(method) -> list[int]:

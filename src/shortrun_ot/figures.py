@@ -24,20 +24,25 @@ def save_figure(fig, path: str | Path) -> None:
 def image_rows_figure(rows: dict[str, dict[str, torch.Tensor]], path: str | Path, columns: int = 10,
                       pdf: bool = False) -> None:
     """Rows of titled image grids (images on the [-1, 1] scale): one row per entry of ``rows`` (a dataset,
-    a run), one panel per entry of its dict; a row title (if not empty) is written left of the row.
-    ``pdf``: also save a PDF beside the PNG ``path``."""
+    a run), titled above the row (if not empty), one panel per entry of its dict. Each row is as tall as
+    its grids. ``pdf``: also save a PDF beside the PNG ``path``."""
     n_columns = max(len(panels) for panels in rows.values())
-    fig, axes = plt.subplots(len(rows), n_columns, figsize=(3.2 * n_columns, 3.4 * len(rows)), squeeze=False)
-    for row_axes, (row_title, panels) in zip(axes, rows.items()):
-        for ax in row_axes:
+    grids = {title: {name: make_grid((images.detach().cpu().clamp(-1, 1) + 1) / 2, nrow=columns, padding=1,
+                                     pad_value=1.0) for name, images in panels.items()} for title, panels in rows.items()}
+    panel_width = 3.2
+    heights = [0.5 + (0.3 if title else 0) + panel_width * max(g.shape[1] / g.shape[2] for g in panels.values())
+               for title, panels in grids.items()]
+    fig = plt.figure(figsize=(panel_width * n_columns, sum(heights)), layout="constrained")
+    for subfigure, (row_title, panels) in zip(fig.subfigures(len(rows), 1, height_ratios=heights, squeeze=False)[:, 0],
+                                              grids.items()):
+        axes = subfigure.subplots(1, n_columns, squeeze=False)[0]
+        for ax in axes:
             ax.axis("off")
-        for ax, (title, images) in zip(row_axes, panels.items()):
-            grid = make_grid((images.detach().cpu().clamp(-1, 1) + 1) / 2, nrow=columns, padding=1, pad_value=1.0)
+        for ax, (title, grid) in zip(axes, panels.items()):
             ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(title)
         if row_title:
-            row_axes[0].text(-0.04, 0.5, row_title, transform=row_axes[0].transAxes, rotation=90,
-                             ha="right", va="center", fontsize=11)
+            subfigure.suptitle(row_title, x=0.01, ha="left", fontsize=11, fontweight="bold")
     (_both_formats if pdf else save_figure)(fig, path)
 
 
