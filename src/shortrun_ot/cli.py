@@ -446,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("anomaly", cmd_anomaly, "anomaly AUPRC of a model trained without one digit (Table 2)"),
         ("grid", cmd_grid, "PNG grid of training images, reconstructions and samples (Fig. 4 layout)"),
         ("chain-stability", cmd_chain_stability, "growth of a tiny perturbation between two Langevin chains"),
+        ("latents", cmd_latents, "the latents of every training image, with their labels (.pt)"),
     )
     for name, func, help_text in model_commands:
         p = command(name, func, help_text, device=True)
@@ -469,12 +470,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--perturbation", type=float, required=True, help="norm of the initial perturbation")
 
     sub.choices["grid"].add_argument("--panels", required=True, help="the grid's images (.pt) for figures of several runs")
-    p = command("latents", cmd_latents, "the latents of every training image, with their labels (.pt)", device=True)
-    p.add_argument("--model", nargs="+", required=True, help="ROLE=PATH of the model's state files")
-    p.add_argument("--test-steps", type=int, default=1, help="Langevin steps of noise-initialised inference")
-    p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--out", required=True)
-
     p = sub.add_parser("figure3", help="Fig. 3: 2-D latents of several models with the prior's contours")
     p.set_defaults(func=cmd_figure3)
     p.add_argument("--latents", nargs="+", required=True, help="each run's latents.pt")

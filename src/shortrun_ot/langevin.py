@@ -25,6 +25,14 @@ def standard_normal_log_prior(z: torch.Tensor) -> torch.Tensor:
     return -z.pow(2).sum(1) / 2
 
 
+def squared_residual(generator: Generator, z: torch.Tensor, images: torch.Tensor, mask: Mask = None) -> torch.Tensor:
+    """Per-example ||I - g(z)||^2, or ||m * (I - g(z))||^2 over the observed pixels of a ``mask``."""
+    residual = images - generator(z)
+    if mask is not None:
+        residual = residual * mask
+    return residual.flatten(1).pow(2).sum(1)
+
+
 def log_joint(generator: Generator, z: torch.Tensor, images: torch.Tensor, sigma: float,
               log_prior: LogPrior = None, mask: Mask = None) -> torch.Tensor:
     """Per-example log p(I, z) up to its constant (Eq. 5): -||I - g(z)||^2 / (2 sigma^2) + log p(z), with
@@ -32,10 +40,7 @@ def log_joint(generator: Generator, z: torch.Tensor, images: torch.Tensor, sigma
 
     With a ``mask`` m, the likelihood of the observed pixels only: -||m * (I - g(z))||^2 / (2 sigma^2)
     (learning from incomplete images; missing pixels neither pull z nor the generator)."""
-    residual = images - generator(z)
-    if mask is not None:
-        residual = residual * mask
-    return -residual.flatten(1).pow(2).sum(1) / (2 * sigma**2) + (log_prior or standard_normal_log_prior)(z)
+    return -squared_residual(generator, z, images, mask) / (2 * sigma**2) + (log_prior or standard_normal_log_prior)(z)
 
 
 def langevin_step(

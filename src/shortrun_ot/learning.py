@@ -10,15 +10,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .langevin import squared_residual
+
 
 def reconstruction_loss(generator: nn.Module, z: torch.Tensor, images: torch.Tensor, sigma: float,
                         mask: torch.Tensor | None = None) -> torch.Tensor:
     """Batch mean of ||I - g(z)||^2 / (2 sigma^2), the negative of Eq. (5) in theta; with a ``mask`` m
     (1 observed, 0 missing) ||m * (I - g(z))||^2 / (2 sigma^2), the observed pixels' likelihood."""
-    residual = images - generator(z)
-    if mask is not None:
-        residual = residual * mask
-    return residual.flatten(1).pow(2).sum(1).mean() / (2 * sigma**2)
+    return squared_residual(generator, z, images, mask).mean() / (2 * sigma**2)
 
 
 def make_optimizer(module: nn.Module, lr: float, beta1: float, beta2: float) -> torch.optim.Adam:
