@@ -26,6 +26,7 @@ the same device. Examples::
 
     python benchmarks/stage_benchmark.py --data data/prepared/mnist5k.pt --n 2000 --steps 10
     python benchmarks/stage_benchmark.py --data data/prepared/mnist.pt --device cuda --json out.json
+    python benchmarks/stage_benchmark.py --data data/prepared/svhn.pt --n 2000 --steps 10 --no-process
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from shortrun_ot import layout
 from shortrun_ot.config import run_settings, set_tf32, stage_settings
+from shortrun_ot.data import manifest_path
+from shortrun_ot.models import ARCHITECTURES, architecture_of
 from shortrun_ot.io import save_json
 from shortrun_ot.langevin import log_joint
 from shortrun_ot.learning import reconstruction_loss
@@ -73,9 +76,11 @@ COLUMNS = [  # header, row key, width, format
 
 
 def settings_for(args) -> dict:
-    """The paper's MNIST settings (params.yaml, run ``ours``) at the benchmark's size."""
-    settings = run_settings(yaml.safe_load((REPO / "params.yaml").read_text()), "ours")
-    settings.update(dataset="mnist", train_images=args.n, batch_size=args.batch_size)
+    """The paper's settings (params.yaml, run ``ours``) for the dataset of ``--data`` (its manifest's
+    name: MNIST, SVHN, CelebA), at the benchmark's size."""
+    dataset = json.loads(manifest_path(args.data).read_text())["name"]
+    settings = run_settings(yaml.safe_load((REPO / "params.yaml").read_text()), "ours", dataset)
+    settings.update(train_images=args.n, batch_size=args.batch_size)
     settings["langevin"]["steps"] = args.steps
     settings["learning"]["passes"] = args.passes
     settings["correction"]["every"] = 1  # L = 1: iteration 1 has its correction stage
@@ -116,7 +121,8 @@ def flops_per_image(generator, settings, device) -> dict:
     module hooks do not support ``autograd.grad`` on a leaf.
     """
     z = torch.randn(64, settings["latent_dim"], device=device, requires_grad=True)
-    images = torch.rand(64, 1, 28, 28, device=device) * 2 - 1
+    shape = ARCHITECTURES[architecture_of(settings["dataset"])]["image_shape"]
+    images = torch.rand(64, *shape, device=device) * 2 - 1
     generator.requires_grad_(False)
     with FlopCounterMode(display=False) as counter:
         log_joint(generator, z, images, settings["sigma"]).sum().backward()

@@ -108,3 +108,37 @@ def test_mode_coverage_counts_points_near_each_mode():
     points = torch.tensor([[0.0, 0.0], [12.0, 0.0], [14.0, 0.0]])
     assert mode_coverage(points, modes, radius=3.0) == {"near_fraction": 1 / 3, "modes_covered": 1,
                                                          "points_per_mode": [1, 0, 0, 0, 0, 0, 0, 0]}
+
+
+def test_interpolation_runs_between_the_mapped_codes_of_prior_draws(tmp_path):
+    """AE-OT's Fig. 5: each path starts and ends at Dec(z + grad D(z)) of two prior draws, the images that
+    sampling gives; the steps between decode the linear interpolation of the two mapped codes."""
+    from shortrun_ot import cli, layout
+    from shortrun_ot.data import prepare
+    from shortrun_ot.io import load_tensors, save_json
+    from shortrun_ot.methods.base import EvaluationProtocol
+    from shortrun_ot.pipeline import load_state
+
+    from test_methods import make_mnist_like, run_per_stage, tiny_settings, write_mnist_files
+
+    write_mnist_files(tmp_path / "raw", make_mnist_like())
+    prepare("mnist", tmp_path / "raw", tmp_path / "mnist.pt")
+    settings = tiny_settings("aeot")
+    trained = run_per_stage(settings, tmp_path / "run", tmp_path / "mnist.pt", settings["iterations"])
+    final = {role: layout.state_file(tmp_path / "run", ref)
+             for role, ref in trained.evaluation_points(settings["iterations"])["end"].items()}
+    config = tmp_path / "config.json"
+    save_json({k: v for k, v in settings.items() if k != "iterations"}, config)
+    out = tmp_path / "interpolation.pt"
+    assert cli.main(["interpolation", "--config", str(config), "--data", str(tmp_path / "mnist.pt"), "--model",
+                     *(f"{role}={path}" for role, path in final.items()), "--pairs", "2", "--steps", "5",
+                     "--device", "cpu", "--batch-size", "10", "--out", str(out)]) in (0, None)
+    images = load_tensors(out, "interpolation")["images"].view(2, 5, 1, 28, 28)
+    model = trained.trained_model({role: load_state(path, settings) for role, path in final.items()},
+                                  torch.device("cpu"), EvaluationProtocol(batch_size=10, langevin_steps=1))
+    ends = model.sample(4).view(2, 2, 1, 28, 28)  # the same fixed prior stream: draws 0, 1 | 2, 3
+    assert torch.allclose(images[:, 0], ends[:, 0], atol=1e-5) and torch.allclose(images[:, -1], ends[:, 1], atol=1e-5)
+    mapped = model.generative_latents(model.prior_latents(4))
+    assert not torch.allclose(mapped, model.prior_latents(4))  # the potential moves the draws
+    middle = model.decode(((mapped[0] + mapped[1]) / 2).unsqueeze(0))
+    assert torch.allclose(images[0, 2], middle[0], atol=1e-5)

@@ -90,6 +90,14 @@ BAD = {
     "ablation table of an unknown sweep": (_set("figures.table5", {"sweep": "nosuch"}), "figures.table5.sweep"),
     "Table 5 of a sweep over another setting": (_set("figures.table5", {"sweep": "step_size"}), "figures.table5.sweep"),
     "Fig. 4 of an unknown run": (_set("figures.figure4.runs", ["nosuch"]), "figures.figure4.runs"),
+    "unknown dataset": (_set("evaluation.datasets", ["mnist", "cifar10"]), "evaluation.datasets.1"),
+    "per-dataset key of no method": (_set("datasets.svhn.methods.vae.langevin", {"steps": 3}),
+                                     "datasets.svhn.methods.vae.langevin"),
+    "per-dataset value out of range": (_set("datasets.svhn.methods.shortrun.correction", {"alpha": 2.0}),
+                                       "datasets.svhn.methods.shortrun.correction.alpha"),
+    "digits of CelebA": (_set("runs.vae-digits01.dataset", "celeba"), "runs.vae-digits01"),
+    "AE-OT table over two datasets": (_set("figures.aeot_mnist.runs", ["vae-mnist64", "vae"]),
+                                      "figures.aeot_mnist.runs"),
 }
 
 
@@ -105,6 +113,46 @@ def test_a_run_is_the_protocol_then_its_method_defaults_then_its_overrides():
     ours, abp = run_settings(config, "ours"), run_settings(config, "abp")
     assert (ours["seed"], ours["sigma"], ours["method"]) == (7, 0.5, "shortrun")
     assert (abp["seed"], abp["sigma"], abp["correction"]["alpha"]) == (7, 0.2, 0.0)
+
+
+def test_the_schema_lists_the_datasets_the_data_module_prepares():
+    from shortrun_ot.config import load_schema
+    from shortrun_ot.data import DATASETS
+
+    assert load_schema()["$defs"]["dataset"]["enum"] == list(DATASETS)
+
+
+def test_per_dataset_settings_sit_between_the_protocol_the_method_and_the_run():
+    config = deep_merge(PARAMS, {"datasets": {"svhn": {"training": {"latent_dim": 48, "seed": 3},
+                                                       "methods": {"shortrun": {"sigma": 0.4}}}},
+                                 "methods": {"shortrun": {"sigma": 0.5}},
+                                 "runs": {"abp": {"seed": 9}}})
+    ours, abp, ours_mnist = run_settings(config, "ours", "svhn"), run_settings(config, "abp", "svhn"), \
+        run_settings(config, "ours")
+    assert (ours["dataset"], ours["latent_dim"], ours["seed"], ours["sigma"]) == ("svhn", 48, 3, 0.4)
+    assert (abp["seed"], abp["correction"]["alpha"]) == (9, 0.0)  # the run's own keys win over the dataset's
+    assert (ours_mnist["dataset"], ours_mnist["latent_dim"], ours_mnist["sigma"]) == ("mnist", 30, 0.5)
+
+
+def test_table1_measures_every_run_on_every_dataset_side_by_side():
+    from shortrun_ot.config import table1_runs
+
+    settings = validate_config(copy.deepcopy(PARAMS))
+    runs = table1_runs(PARAMS, settings)
+    methods = PARAMS["evaluation"]["runs"]
+    assert runs == methods + [f"{m}-svhn" for m in methods] + [f"{m}-celeba" for m in methods]
+    # the supplementary's settings: d = 30 / 64 / 64, alpha 0.5 / 0.3 / 0.3 for ours; ABP keeps alpha 0
+    assert [settings[r]["latent_dim"] for r in ("ours", "ours-svhn", "ours-celeba", "vae-celeba")] == [30, 64, 64, 64]
+    assert [settings[r]["correction"]["alpha"] for r in ("ours", "ours-svhn", "abp-svhn")] == [0.5, 0.3, 0.0]
+    assert settings["ours-svhn"]["dataset"] == "svhn" and settings["aeot-celeba"]["dataset"] == "celeba"
+    # Table 3 (the paper's on SVHN) sweeps d over ours-svhn: d = 64 is ours-svhn itself
+    from shortrun_ot.config import sweep_points
+
+    points = sweep_points(PARAMS, PARAMS["figures"]["table3"]["sweep"], settings)
+    assert [key for base, _, key in points if base == "ours-svhn"] == ["ours-svhn-latent_dim20", "ours-svhn-latent_dim40",
+                                                                 "ours-svhn"]
+    quick = deep_merge(PARAMS, QUICK)
+    assert table1_runs(quick, validate_config(quick)) == methods  # the quick Table 1: the MNIST subset only
 
 
 def test_a_sweep_of_two_values_yields_two_runs_that_differ_only_in_that_value():

@@ -72,12 +72,25 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     assert list(zip(measured["langevin.steps"], measured["run"])) == [(2, "ours-steps2"), (3, "ours")]
     assert measured["train_seconds"].gt(0).all() and set(measured["device"]) == {"cpu"}
     assert sorted(table5[table5["source"] == "paper"]["langevin.steps"]) == [30, 50, 100]
+    for number, key in ((3, "latent_dim"), (6, "learning.passes")):  # the run ours itself, beside the paper's rows
+        table = pd.read_csv(results / f"table{number}.csv")
+        assert table[table["source"] == "measured"]["run"].tolist() == ["ours"]
 
     # occlusion: MSE on observed and missing pixels of the occluded run's training images
     occlusion = pd.read_csv(results / "occlusion.csv").iloc[0]
     assert occlusion["run"] == "ours-missing50" and occlusion["missing_fraction"] == pytest.approx(0.5)
     assert 0 < occlusion["mse_train_observed"] and 0 < occlusion["mse_train_missing"]
     assert (results / "occlusion.md").read_text().startswith("Learning from occluded images")
+
+    # AE-OT's MNIST table: scores of each run's samples beside the paper's three Inception Scores
+    aeot = pd.read_csv(results / "aeot_mnist.csv")
+    measured = aeot[aeot["source"] == "measured"]
+    assert measured["run"].tolist() == ["ours", "abp"] and measured["classifier_score"].between(1, 10).all()
+    assert measured["classifier_test_accuracy"].gt(0.5).all() and measured["inception_score"].isna().all()
+    assert aeot[aeot["source"] == "paper"]["inception_score"].tolist() == [1.76, 1.64, 1.78]
+    assert Image.open(results / "figures" / "aeot_mnist.png").size[0] > 200
+    for name in ("aeot_mnist", "aeot_celeba", "aeot_celeba_samples"):  # AE-OT's Fig. 3; Figs. 5 and 4 on tiny runs
+        assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
     # AE-OT's Fig. 2: a row of mode coverage per snapshot
     coverage = pd.read_csv(results / "figures" / "eight_gaussians.csv")

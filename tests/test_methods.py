@@ -163,6 +163,7 @@ METHOD_SETTINGS = {  # a few cheap stages of every method; 2sVAE: 2 epochs of ea
     "sri": {"langevin": {"steps": 2, "step_size": 0.05}},
     "lebm": {"langevin": {"steps": 2, "step_size": 0.05}, "prior_langevin": {"steps": 3, "step_size": 0.3},
              "ebm": {"width": 8}},
+    "wae": {"adversary": {"layers": 2, "width": 16}},
     "aeot": {"autoencoder_iterations": 1, "potential_steps": 2, "ot_batch": 6,
              "potential": {"layers": 3, "width": 16}},
 }

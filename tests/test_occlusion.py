@@ -4,6 +4,7 @@ learning, the fixed per-image masks, and the MSE on missing pixels."""
 import pytest
 import torch
 
+from shortrun_ot import cli
 from shortrun_ot.data import occlusion_mask
 from shortrun_ot.langevin import langevin_step, log_joint, short_run_inference
 from shortrun_ot.learning import reconstruction_loss
@@ -127,3 +128,14 @@ def test_mse_on_selected_pixels_is_the_hand_computed_mean():
     assert reconstruction_mse(images, reconstructions) == 0.5
     with pytest.raises(ValueError, match="selects no pixel"):
         reconstruction_mse(images, reconstructions, torch.zeros_like(missing))
+
+
+@pytest.mark.parametrize("command, files", [("occlusion", "--grids"), ("figure3", "--latents")])
+def test_figure_commands_refuse_unpaired_run_files(tmp_path, capsys, command, files):
+    """One grid (or latents file) per metrics file: a missing one is an error, not a silently shorter figure."""
+    extra = ["--csv", str(tmp_path / "t.csv"), "--markdown", str(tmp_path / "t.md")] if command == "occlusion" else []
+    code = cli.main([command, files, str(tmp_path / "a.pt"), "--metrics", str(tmp_path / "a.json"),
+                     str(tmp_path / "b.json"), "--out", str(tmp_path / "f.png"), *extra])
+    assert code != 0
+    assert "name one file per run, got 1 and 2" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -89,3 +89,26 @@ def test_occlusion_table_lists_observed_and_missing_pixel_errors(tmp_path):
     complete.write_text(json.dumps({**METRICS, "run": "ours"}))
     with pytest.raises(ValueError, match="did not learn from occluded images"):
         occlusion_table([complete])
+
+
+def test_aeot_mnist_table_puts_each_runs_scores_beside_the_papers(tmp_path):
+    import json
+
+    from shortrun_ot.tables import aeot_mnist_table
+
+    metrics = {"run": "wae-mnist64", "dataset": "mnist64", "method": "wae", "mse_train": 0.01, "mse_test": 0.02,
+               "fid": 50.0, "fid_samples": 100, "ot_cost": 1.0, "ot_cost_prior_floor": 0.5, "latent_fd": 0.1,
+               "train_images": 60000, "iterations": 1000, "device": "cpu", "training": {"train_seconds": 12.5}}
+    scores = {"run": "wae-mnist64", "inception_score": None, "inception_score_std": None, "classifier_score": 8.5,
+              "classifier_score_std": 0.2, "classifier_test_accuracy": 0.99, "samples": 10000}
+    (tmp_path / "m.json").write_text(json.dumps(metrics))
+    (tmp_path / "s.json").write_text(json.dumps(scores))
+    table = aeot_mnist_table([tmp_path / "s.json"], [tmp_path / "m.json"], REFERENCE)
+    row = table.iloc[0]
+    assert (row["model"], row["dataset"], row["classifier_score"], row["fid"], row["train_seconds"]) == (
+        "WAE", "MNIST 64x64", 8.5, 50.0, 12.5)
+    paper = table[table["source"] == "paper"].set_index("model")
+    assert paper.loc["AE-OT", "inception_score"] == 1.78 and paper.loc["WAE", "inception_score_std"] == 0.09
+    (tmp_path / "s.json").write_text(json.dumps({**scores, "run": "vae-mnist64"}))
+    with pytest.raises(ValueError, match="is of run 'vae-mnist64'"):
+        aeot_mnist_table([tmp_path / "s.json"], [tmp_path / "m.json"], REFERENCE)

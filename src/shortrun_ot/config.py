@@ -1,7 +1,8 @@
 """Configuration: params.yaml, its JSON schemas, the settings of every run, random streams.
 
 A run's settings are ``training`` (the protocol every method shares) deep-merged with
-``methods.<method>`` (that method's defaults) and ``runs.<key>``; they are checked against
+``methods.<method>`` (that method's defaults) and ``runs.<key>``, with the paper's per-dataset
+settings (``datasets.<dataset>``) in between (:func:`run_settings`); they are checked against
 ``$defs/training`` of ``workflow/schemas/config.schema.yaml`` plus the method's own schema
 (``<method module>.schema.yaml``), with every key required and no other key allowed. Sweeps and
 the anomaly protocol derive further runs from those.
@@ -19,6 +20,7 @@ import jsonschema
 import torch
 import yaml
 
+from .data import DATASETS, UNLABELLED_DATASETS
 from .io import load_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +86,8 @@ def _complete(schema: dict) -> dict:
 
 def run_schema(method: str, complete: bool = True) -> dict:
     """Schema of a run of ``method``: the shared ``training`` keys, ``method`` and the method's keys."""
-    common = load_schema()["$defs"]["training"]["properties"]
+    root = load_schema()
+    common = {key: _resolve(sub, root) for key, sub in root["$defs"]["training"]["properties"].items()}
     own = method_schema(method)
     schema = {
         "type": "object",
@@ -136,6 +139,9 @@ def validate_config(config: dict) -> dict[str, dict]:
     _check(config, load_schema())
     for name, defaults in config["methods"].items():
         _check(defaults, run_schema(name, complete=False), prefix=f"methods.{name}")
+    for dataset, block in config["datasets"].items():
+        for name, defaults in block.get("methods", {}).items():
+            _check(defaults, run_schema(name, complete=False), prefix=f"datasets.{dataset}.methods.{name}")
     settings = all_run_settings(config)
     for key in ("evaluation", "anomaly"):
         for run in config[key]["runs"]:
@@ -173,6 +179,11 @@ def _check_figures(config: dict, settings: dict) -> None:
         if not settings[run].get("occlusion", {}).get("missing", 0):
             raise ConfigError(f"config key 'figures.occlusion.runs': run {run!r} learns from complete images; give "
                               "it occlusion: {missing: F} with 0 < F < 1 (a method with an occlusion setting)")
+    runs = figures.get("aeot_mnist", {}).get("runs", [])
+    if len({settings[run]["dataset"] for run in runs}) > 1 or any(settings[run]["dataset"] in UNLABELLED_DATASETS
+                                                                 for run in runs):
+        raise ConfigError("config key 'figures.aeot_mnist.runs': the runs must share one dataset with digit labels "
+                          f"(the classifier score's), got {sorted({settings[run]['dataset'] for run in runs})}")
     for name, key in ABLATION_KEYS.items():  # the paper's rows of each table are values of that setting
         if name in figures and config["sweeps"][figures[name]["sweep"]]["key"] != key:
             raise ConfigError(f"config key 'figures.{name}.sweep': {name} varies {key!r}, sweep "
@@ -207,15 +218,60 @@ def _check_corrects(run: str, run_settings_: dict, key: str, allow_none: bool = 
 # ---------------------------------------------------------------- the runs
 
 
-def run_settings(config: dict, run: str) -> dict:
-    """``training`` deep-merged with ``methods.<method>`` and ``runs[run]``, validated."""
+def run_settings(config: dict, run: str, dataset: str | None = None) -> dict:
+    """The settings of ``runs[run]``, on ``dataset`` if given (else the run's own), validated.
+
+    In order, each deep-merged over the last: ``training``, ``datasets.<D>.training``,
+    ``methods.<method>``, ``datasets.<D>.methods.<method>`` (the paper's per-dataset settings),
+    ``runs[run]``, where D is the run's dataset.
+    """
     if run not in config["runs"]:
         raise ConfigError(f"unknown run {run!r}; the configuration defines {sorted(config['runs'])}")
     override = config["runs"][run]
     method = override["method"]
-    merged = deep_merge(deep_merge(config["training"], config["methods"].get(method, {})), override)
-    _check(merged, run_schema(method), prefix=f"runs.{run}")
+    dataset = dataset or override.get("dataset", config["training"]["dataset"])
+    per_dataset = config["datasets"].get(dataset, {})
+    merged = config["training"]
+    for layer in (per_dataset.get("training", {}), config["methods"].get(method, {}),
+                  per_dataset.get("methods", {}).get(method, {}), override, {"dataset": dataset}):
+        merged = deep_merge(merged, layer)
+    where = f"runs.{run}" if dataset == override.get("dataset", config["training"]["dataset"]) else \
+        f"runs.{run} on datasets.{dataset}"
+    _check(merged, run_schema(method), prefix=where)
+    if dataset in UNLABELLED_DATASETS and (merged["classes"] is not None or merged["heldout_digit"] is not None):
+        raise ConfigError(f"config key '{where}': dataset {dataset!r} has no digit labels, so 'classes' and "
+                          "'heldout_digit' must be null")
     return merged
+
+
+
+def dataset_run(run: str, dataset: str, settings: dict[str, dict]) -> str:
+    """The key of run ``run`` trained on ``dataset``: ``run`` itself on its own dataset, else ``<run>-<dataset>``."""
+    return run if settings[run]["dataset"] == dataset else f"{run}-{dataset}"
+
+
+def _dataset_variants(config: dict, keys: list[str], settings: dict[str, dict]) -> dict[str, dict]:
+    """Settings of the keys ``<run>-<dataset>`` among ``keys`` that are not runs yet: run ``run`` on ``dataset``."""
+    variants = {}
+    for key in keys:
+        run, _, dataset = key.rpartition("-")
+        if key not in settings and run in config["runs"] and dataset in DATASETS:
+            variants[key] = run_settings(config, run, dataset)
+    return variants
+
+
+def _referenced_runs(config: dict) -> list[str]:
+    """Every run key that the sweeps and figures name."""
+    keys = [run for sweep in config["sweeps"].values() for run in sweep["runs"]]
+    for spec in config["figures"].values():
+        keys += [spec["run"]] if "run" in spec else list(spec.get("runs", []))
+    return keys
+
+
+def table1_runs(config: dict, settings: dict[str, dict]) -> list[str]:
+    """The run keys of Table 1's measured rows: each of ``evaluation.runs`` on each of ``evaluation.datasets``."""
+    evaluation = config["evaluation"]
+    return [dataset_run(run, dataset, settings) for dataset in evaluation["datasets"] for run in evaluation["runs"]]
 
 
 def set_key(settings: dict, dotted: str, value: Any) -> dict:
@@ -267,8 +323,15 @@ def anomaly_run(model: str, digit: int, seed: int) -> str:
 
 
 def all_run_settings(config: dict) -> dict[str, dict]:
-    """Settings of every run: the keys of ``runs``, the sweep points and the anomaly runs."""
+    """Settings of every run: the keys of ``runs``, Table 1's runs on each of ``evaluation.datasets``,
+    the ``<run>-<dataset>`` keys that sweeps and figures name, the sweep points and the anomaly runs."""
     settings = {run: run_settings(config, run) for run in config["runs"]}
+    for run in config["evaluation"]["runs"]:
+        if run not in settings:
+            continue  # reported by validate_config
+        for dataset in config["evaluation"]["datasets"]:
+            settings.setdefault(dataset_run(run, dataset, settings), run_settings(config, run, dataset))
+    settings.update(_dataset_variants(config, _referenced_runs(config), settings))
     for name in config["sweeps"]:
         for base, value, key in sweep_points(config, name, settings):
             settings.setdefault(key, set_key(settings[base], config["sweeps"][name]["key"], value))

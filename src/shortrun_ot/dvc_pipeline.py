@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import REPO_ROOT, all_run_settings, anomaly_run, dataset_id, deep_merge, sweep_points
+from .config import REPO_ROOT, all_run_settings, anomaly_run, dataset_id, deep_merge, sweep_points, table1_runs
 
 PARAMS_FILE = "params.yaml"
 RULE_FILES = ["workflow/rules/common.smk", "workflow/rules/training.smk", "workflow/rules/blocks.smk"]
@@ -140,7 +140,14 @@ class Pipeline:
             return [*self.layers(self.anomaly_runs[run]), "anomaly.training"]
         if run in self.sweeps:
             return self.layers(self.sweeps[run][0])
-        return ["training", f"methods.{self.settings[run]['method']}", f"runs.{run}"]
+        base, dataset = self.base_run(run), self.settings[run]["dataset"]
+        method = self.settings[run]["method"]
+        return ["training", f"datasets.{dataset}.training", f"methods.{method}",
+                f"datasets.{dataset}.methods.{method}", f"runs.{base}"]
+
+    def base_run(self, run: str) -> str:
+        """The key of ``runs`` behind ``run``: itself, or ``ours`` for ``ours-svhn`` (ours on another dataset)."""
+        return run if run in self.config["runs"] else run.removesuffix(f"-{self.settings[run]['dataset']}")
 
     def run_params(self, run: str) -> dict[str, list[str]]:
         """File -> the keys that set this run's settings, one per leaf (the last layer defining it)."""
@@ -157,6 +164,9 @@ class Pipeline:
                 continue
             if run in self.sweeps and leaf == self.config["sweeps"][self.sweeps[run][1]]["key"]:
                 add(*self.source(f"sweeps.{self.sweeps[run][1]}"))
+                continue
+            if leaf == "dataset" and self.base_run(run) != run:
+                add(*self.source("evaluation.datasets"))
                 continue
             section = next((s for s in reversed(self.layers(run)) if _defines(self.config, f"{s}.{leaf}")), None)
             if section is not None:
@@ -285,20 +295,20 @@ class Pipeline:
         }
 
     def stages(self) -> dict:
-        table1_runs, anomaly_runs = self.evaluation["runs"], list(self.anomaly_runs)
+        table1, anomaly_runs = table1_runs(self.config, self.settings), list(self.anomaly_runs)
         stages = {f"prepare-{dataset}": self.prepare_stage(dataset)
-                  for dataset in sorted({dataset_id(self.settings[r]) for r in [*table1_runs, *anomaly_runs]})}
-        for run in table1_runs:
+                  for dataset in sorted({dataset_id(self.settings[r]) for r in [*table1, *anomaly_runs]})}
+        for run in table1:
             stages.setdefault(f"fid_reference-{Path(self.fid_reference(run)).stem}",
                               self.fid_stage(self.fid_reference(run), run))
-        for run in table1_runs:
+        for run in table1:
             stages[f"train-{run}"] = self.train_stage(run, anomaly=False)
             stages[f"evaluate-{run}"] = self.evaluate_stage(run)
             stages[f"figures-{run}"] = self.figures_stage(run)
         for run in anomaly_runs:
             stages[f"anomaly-{run}"] = self.train_stage(run, anomaly=True)
-        stages["table1"] = self.table_stage(1, [f"{self.run_dir(r)}/metrics.json" for r in table1_runs],
-                                            ["evaluation.runs"])
+        stages["table1"] = self.table_stage(1, [f"{self.run_dir(r)}/metrics.json" for r in table1],
+                                            ["evaluation.runs", "evaluation.datasets"])
         if anomaly_runs:
             stages["table2"] = self.table_stage(2, [f"{self.run_dir(r)}/anomaly.json" for r in anomaly_runs],
                                                 ["anomaly.runs", "anomaly.digits", "anomaly.seeds"])

@@ -85,8 +85,9 @@ def learn(
 
 def train_epoch(modules: nn.Module, optimizer: torch.optim.Optimizer, data: torch.Tensor, batch_loss, *,
                 batch_size: int, rng: torch.Generator, device, progress: bool = False,
-                desc: str = "epoch") -> dict[str, float]:
-    """One shuffled pass of Adam over ``data``; ``batch_loss(batch) -> (loss, {name: value})``.
+                desc: str = "epoch", after_step=None) -> dict[str, float]:
+    """One shuffled pass of Adam over ``data``; ``batch_loss(batch) -> (loss, {name: value})``;
+    ``after_step(batch) -> {name: value}``, if given, runs after each step (WAE-GAN's adversary update).
 
     Returns the mean loss and the mean of each named value over the examples, checked for
     finiteness. ``rng`` orders the minibatches; any other randomness (reparameterisation noise)
@@ -103,6 +104,8 @@ def train_epoch(modules: nn.Module, optimizer: torch.optim.Optimizer, data: torc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            values = {**values, **after_step(batch)}
         for name, value in {"loss": loss, **values}.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach() if torch.is_tensor(value) else value) * len(batch)
         bar.update(len(batch))

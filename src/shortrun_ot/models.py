@@ -16,11 +16,14 @@ ARCHITECTURES = {
     "mnist": {"image_shape": (1, 28, 28), "latent_dim": 30},
     "svhn": {"image_shape": (3, 32, 32), "latent_dim": 64},
     "celeba": {"image_shape": (3, 64, 64), "latent_dim": 64},
+    "mnist64": {"image_shape": (1, 64, 64), "latent_dim": 10},  # AE-OT's MNIST at 64x64 (not in Table 7)
+    "celeba128": {"image_shape": (3, 128, 128), "latent_dim": 100},  # AE-OT's CelebA at 128x128 (not in Table 7)
 }
 
 
 #: The architecture (Table 7 column) of each dataset.
-ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist"}
+ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "svhn": "svhn", "celeba": "celeba",
+                           "mnist64": "mnist64", "mnist5k64": "mnist64", "celeba128": "celeba128"}
 
 
 def architecture_of(dataset: str) -> str:
@@ -61,12 +64,19 @@ class MnistGenerator(nn.Module):
 
 
 class DcganGenerator(nn.Module):
-    """Table 7, SVHN (base 64, 32x32) and CelebA (base 128, 64x64): 5x5 stride-2 ConvT stack."""
+    """Table 7, SVHN (base 64, 32x32) and CelebA (base 128, 64x64): z as a 1x1 map, a ConvT to a
+    ``start`` x ``start`` map of base * 8 channels, then 5x5 stride-2 ConvTs halving the channels, Tanh.
+
+    Table 7 lists no batch norm or activation after the first ConvT. Taken literally, that layer and
+    the next ConvT would compose two linear maps; every DCGAN-style generator (Radford et al. 2016,
+    the short-run inference and LEBM code) puts BN + ReLU there, and so does this one (docs/datasets.md).
+    """
 
     def __init__(self, latent_dim: int, base: int, start: int, doublings: int, channels: int = 3):
         super().__init__()
         width = base * 2 ** (doublings - 1)
-        layers: list[nn.Module] = [nn.Unflatten(1, (latent_dim, 1, 1)), nn.ConvTranspose2d(latent_dim, width, start)]
+        layers: list[nn.Module] = [nn.Unflatten(1, (latent_dim, 1, 1)), nn.ConvTranspose2d(latent_dim, width, start),
+                                   nn.BatchNorm2d(width), nn.ReLU()]
         for _ in range(doublings - 1):
             layers += _up(width, width // 2)
             width //= 2
@@ -140,6 +150,10 @@ def build_generator(architecture: str, latent_dim: int, upper_latent_dims: list[
         model = DcganGenerator(latent_dim, base=64, start=2, doublings=4)
     elif architecture == "celeba":  # 1x1 -> 4x4x1024 -> 8, 16, 32, 64
         model = DcganGenerator(latent_dim, base=128, start=4, doublings=4)
+    elif architecture == "mnist64":  # the CelebA network at a quarter of its widths, one channel: 4x4x256 -> ... 64
+        model = DcganGenerator(latent_dim, base=32, start=4, doublings=4, channels=1)
+    elif architecture == "celeba128":  # the CelebA network with one more doubling: 4x4x1024 -> 8, ..., 64, 128
+        model = DcganGenerator(latent_dim, base=64, start=4, doublings=5)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
     return _xavier_normal(model)
@@ -206,6 +220,10 @@ def build_encoder(architecture: str, outputs: int) -> nn.Module:
         model = DcganEncoder(outputs, base=64, start=2, doublings=4)
     elif architecture == "celeba":
         model = DcganEncoder(outputs, base=128, start=4, doublings=4)
+    elif architecture == "mnist64":
+        model = DcganEncoder(outputs, base=32, start=4, doublings=4, channels=1)
+    elif architecture == "celeba128":
+        model = DcganEncoder(outputs, base=64, start=4, doublings=5)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
     return _xavier_normal(model)

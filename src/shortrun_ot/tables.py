@@ -9,20 +9,24 @@ import pandas as pd
 
 from .io import save_text
 
-DATASET_TITLE = {"mnist": "MNIST", "mnist5k": "MNIST (5k subset)"}
+DATASET_TITLE = {"mnist": "MNIST", "mnist5k": "MNIST (5k subset)", "svhn": "SVHN", "celeba": "CelebA",
+                 "mnist64": "MNIST 64x64", "mnist5k64": "MNIST 64x64 (5k subset)", "celeba128": "CelebA 128x128"}
 #: Row titles of run keys (as the paper names the systems); other runs keep their key.
 MODEL_TITLE = {"ours": "Ours", "abp": "ABP", "vae": "VAE", "two_stage_vae": "2sVAE", "rae": "RAE",
-               "sri": "SRI", "sri5": "SRI (L=5)", "lebm": "LEBM", "aeot": "AE-OT", "cvae": "C-VAE"}
+               "sri": "SRI", "sri5": "SRI (L=5)", "lebm": "LEBM", "aeot": "AE-OT", "cvae": "C-VAE",
+               "wae": "WAE"}
 
 
 def paper_rows(path: str | Path, table: int) -> pd.DataFrame:
     """The paper's numbers of ``table`` from the reference CSV (columns dataset, model, metric, value, std)."""
-    reference = pd.read_csv(path)
-    return reference[reference["table"] == table].drop(columns="table")
+    reference = pd.read_csv(path, dtype={"table": str})  # 1..6: the main paper's tables; aeot-1: AE-OT's Table 1
+    return reference[reference["table"] == str(table)].drop(columns="table")
 
 
-def _title(run: str) -> str:
-    return MODEL_TITLE.get(run, run)
+def _title(run: str, dataset: str | None = None) -> str:
+    """The paper's name of run ``run`` (``ours-svhn``, Table 1's ``ours`` on SVHN, is "Ours")."""
+    base = run.removesuffix(f"-{dataset}") if dataset else run
+    return MODEL_TITLE.get(base, base)
 
 
 def table1(metrics_files: list[str | Path], reference: str | Path) -> pd.DataFrame:
@@ -32,7 +36,7 @@ def table1(metrics_files: list[str | Path], reference: str | Path) -> pd.DataFra
         m = json.loads(Path(path).read_text())
         training = m.get("training", {})
         rows.append({
-            "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(m["run"]), "source": "measured",
+            "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(m["run"], m["dataset"]), "source": "measured",
             "method": m["method"], "mse_train": m["mse_train"], "mse_test": m["mse_test"], "fid": m["fid"],
             "fid_samples": m["fid_samples"], "fid_real_images": m["fid_real_images"], "ot_cost": m["ot_cost"],
             "ot_cost_prior_floor": m["ot_cost_prior_floor"], "latent_fd": m["latent_fd"],
@@ -158,3 +162,22 @@ def occlusion_table(metrics_files: list[str | Path]) -> pd.DataFrame:
         rows.append({"missing_fraction": m["missing_fraction"], **_metrics_row(m),
                      "mse_train_observed": m["mse_train_observed"], "mse_train_missing": m["mse_train_missing"]})
     return pd.DataFrame(rows).sort_values(["missing_fraction", "run"], ignore_index=True)
+
+
+def aeot_mnist_table(scores_files: list[str | Path], metrics_files: list[str | Path], reference: str | Path) -> pd.DataFrame:
+    """AE-OT's Table 1 (Liu et al.): per run the Inception Score (where the Inception logits exist), the
+    classifier score, FID, MSE and training cost; below, the paper's Inception Scores."""
+    rows = []
+    for scores_path, metrics_path in zip(scores_files, metrics_files):
+        scores, m = json.loads(Path(scores_path).read_text()), json.loads(Path(metrics_path).read_text())
+        if scores["run"] != m["run"]:
+            raise ValueError(f"{scores_path} is of run {scores['run']!r} but {metrics_path} of run {m['run']!r}")
+        rows.append({"model": _title(m["run"], m["dataset"]), "source": "measured",
+                     "inception_score": scores["inception_score"], "inception_score_std": scores["inception_score_std"],
+                     "classifier_score": scores["classifier_score"], "classifier_score_std": scores["classifier_score_std"],
+                     "classifier_test_accuracy": scores["classifier_test_accuracy"], "samples": scores["samples"],
+                     **_metrics_row(m)})
+    paper = paper_rows(reference, "aeot-1")
+    paper = pd.DataFrame({"model": paper["model"], "source": "paper", "inception_score": paper["value"],
+                          "inception_score_std": paper["std"], "dataset": paper["dataset"]})
+    return pd.concat([pd.DataFrame(rows), paper], ignore_index=True)

@@ -12,8 +12,10 @@ from shortrun_ot.config import (
     dataset_id,
     stage_settings,
     sweep_points,
+    table1_runs,
     validate_config,
 )
+from shortrun_ot.data import DATASETS, raw_source
 from shortrun_ot.methods.base import StageRef
 from shortrun_ot.pipeline import build_method
 
@@ -27,12 +29,14 @@ config.update(coerce_command_line_values(config))
 validate(config, "../schemas/config.schema.yaml")
 SETTINGS = validate_config(config)  # every run: the keys of `runs`, the sweep points, the anomaly runs
 METHODS = {run: build_method(settings) for run, settings in SETTINGS.items()}  # each run's schedule
+TABLE1_RUNS = table1_runs(config, SETTINGS)  # evaluation.runs on each of evaluation.datasets
 
 RESULTS = config["results"]
 RUN = f"{RESULTS}/runs/{{run}}"
 IT = f"{RUN}/it{{t}}"
 PREPARED = config["data"]["prepared"]
 RAW = config["data"]["raw_root"]
+NO_DOWNLOAD = "" if config["data"]["download"] else "--no-download"
 EVAL = config["evaluation"]
 ANOMALY = config["anomaly"]
 FIGURES = config["figures"]
@@ -54,6 +58,7 @@ GPU = 0 if DEVICE == "cpu" else 1
 
 
 wildcard_constraints:
+    dataset="|".join(DATASETS),
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     t=r"\d\d\d\d+",
     stage="|".join(STAGE_NAMES),
@@ -140,7 +145,7 @@ def final_targets():
     """Table 1 and, per run, its grid, history and last iteration's state files (so that deleting
     iterations makes Snakemake recompute them)."""
     targets = []
-    for run in EVAL["runs"]:
+    for run in TABLE1_RUNS:
         last = layout.iteration_refs(METHODS[run], final_iteration(run))
         targets += [f"{run_dir(run)}/figures/grid.png", f"{run_dir(run)}/history.csv",
                     *(str(layout.state_file(run_dir(run), ref)) for ref in last)]
@@ -214,7 +219,8 @@ def figure_targets():
     names = {"figure2": "figures/figure2.png", "figure3": "figures/figure3.png", "figure4": "figures/figure4.png",
              "figure5": "figures/figure5.png", "table3": "table3.csv", "table4": "table4.csv", "table5": "table5.csv",
              "table6": "table6.csv", "occlusion": "figures/occlusion.png", "chain_stability": "figures/chain_stability.png",
-             "eight_gaussians": "figures/eight_gaussians.png"}
+             "eight_gaussians": "figures/eight_gaussians.png", "aeot_mnist": "aeot_mnist.csv",
+             "aeot_celeba": "figures/aeot_celeba.png"}
     return [f"{RESULTS}/{names[name]}" for name in FIGURES]
 
 
@@ -240,6 +246,31 @@ def stage_errors(main_logs):
                 except OSError:
                     pass
     return list(dict.fromkeys(lines))
+
+
+def missing_raw_data():
+    """For each dataset that this invocation prepares: its raw files, downloaded if absent; the message
+    of each that is neither on disk nor downloadable (shortrun_ot.data.fetch_raw)."""
+    from shortrun_ot.data import DatasetUnavailableError, fetch_raw
+
+    prepare_rules = {"prepare_data", "prepare_anomaly_data"}
+    datasets = sorted({job.wildcards.dataset for job in workflow.dag.needrun_jobs() if job.rule.name in prepare_rules})
+    problems = []
+    for dataset in datasets:
+        try:
+            fetch_raw(dataset, f"{RAW}/{raw_source(dataset)}", download=config["data"]["download"])
+        except DatasetUnavailableError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+onstart:
+    # Before any job starts (not on a dry run): every dataset to prepare is on disk or downloadable.
+    problems = missing_raw_data()
+    if problems:
+        for problem in problems:
+            print(f"shortrun-ot: error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 onerror:

@@ -4,14 +4,14 @@ rule prepare_data:
         manifest=f"{PREPARED}/{{dataset}}.pt.json",
     log:
         f"{PREPARED}/logs/{{dataset}}.log",
-    wildcard_constraints:
-        dataset="mnist|mnist5k",
+    params:
+        raw=lambda w: f"{RAW}/{raw_source(w.dataset)}",  # mnist64 reads data/raw/mnist
     localrule: True  # on a cluster: runs where Snakemake runs (downloads need the network)
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{CLI} prepare --dataset {wildcards.dataset} --raw-root {RAW}/{wildcards.dataset} "
+        "{CLI} prepare --dataset {wildcards.dataset} --raw-root {params.raw} {NO_DOWNLOAD} "
         "--out {output.data} > {log} 2>&1"
 
 
@@ -22,13 +22,14 @@ rule prepare_anomaly_data:
     log:
         f"{PREPARED}/logs/{{dataset}}-holdout{{digit}}-seed{{seed}}.log",
     wildcard_constraints:
-        dataset="mnist|mnist5k",
         digit=r"\d",
         seed=r"\d+",
+    params:
+        raw=lambda w: f"{RAW}/{raw_source(w.dataset)}",
     localrule: True
     resources:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{CLI} prepare --dataset {wildcards.dataset} --raw-root {RAW}/{wildcards.dataset} "
+        "{CLI} prepare --dataset {wildcards.dataset} --raw-root {params.raw} {NO_DOWNLOAD} "
         "--heldout-digit {wildcards.digit} --seed {wildcards.seed} --out {output.data} > {log} 2>&1"

@@ -13,7 +13,6 @@ rule fid_reference:
     log:
         f"{RESULTS}/fid/logs/{{dataset}}-{{n_real}}.log",
     wildcard_constraints:
-        dataset="mnist|mnist5k",
         n_real=r"all|\d+",
     threads: 2
     resources:
@@ -90,7 +89,7 @@ rule evaluate_point:
 
 rule table1:
     input:
-        metrics=expand(f"{RUN}/metrics.json", run=EVAL["runs"]),
+        metrics=expand(f"{RUN}/metrics.json", run=TABLE1_RUNS),
         reference=PAPER_RESULTS,
     output:
         csv=report(f"{RESULTS}/table1.csv", category="Tables", caption="../report/table1.rst"),

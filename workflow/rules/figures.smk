@@ -282,3 +282,126 @@ if "eight_gaussians" in FIGURES:
         shell:
             "OMP_NUM_THREADS={threads} {CLI} eight-gaussians --settings {params.settings} --csv {output.csv} "
             "--out {output.png} > {log} 2>&1"
+
+
+if "aeot_mnist" in FIGURES:
+    AEOT_MNIST = FIGURES["aeot_mnist"]
+
+    rule classifier:
+        """The digit classifier of the classifier score, trained on a dataset's training digits and checked
+        on its test digits (AE-OT's MNIST table, offline stand-in for the Inception network)."""
+        input:
+            f"{PREPARED}/{{dataset}}.pt",
+        output:
+            model=f"{RESULTS}/classifiers/{{dataset}}.pt",
+            report=f"{RESULTS}/classifiers/{{dataset}}.json",
+        params:
+            epochs=AEOT_MNIST["classifier"]["epochs"],
+            min_accuracy=AEOT_MNIST["classifier"]["min_accuracy"],
+        log:
+            f"{RESULTS}/classifiers/logs/{{dataset}}.log",
+        threads: 2
+        resources:
+            gpu=GPU,
+            mem_mb=4000,
+            runtime=30,
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} train-classifier --data {input} --epochs {params.epochs} "
+            "--min-accuracy {params.min_accuracy} --device {DEVICE} --out {output.model} --report {output.report} "
+            "> {log} 2>&1"
+
+    rule sample_scores:
+        """Inception Score (where the Inception logits exist) and classifier score of a run's samples."""
+        input:
+            config=f"{RUN}/config.json",
+            data=prepared_data,
+            final=f"{RUN}/final",
+            classifier=lambda w: f"{RESULTS}/classifiers/{SETTINGS[w.run]['dataset']}.pt",
+        output:
+            f"{RUN}/scores.json",
+        params:
+            model=lambda w: roles(final_model(w.run)),
+            samples=AEOT_MNIST["samples"],
+            batch_size=EVAL["batch_size"],
+        log:
+            f"{RUN}/logs/scores.log",
+        threads: 2
+        resources:
+            gpu=GPU,
+            mem_mb=8000,
+            runtime=60,
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} sample-scores --run {wildcards.run} --config {input.config} "
+            "--data {input.data} --model {params.model} --classifier {input.classifier} --samples {params.samples} "
+            "--batch-size {params.batch_size} --device {DEVICE} --out {output} > {log} 2>&1"
+
+    rule aeot_mnist:
+        """AE-OT's MNIST experiment (Liu et al., Sec. 4.2): its Table 1 beside the paper's, and Fig. 3."""
+        input:
+            scores=[f"{run_dir(run)}/scores.json" for run in AEOT_MNIST["runs"]],
+            metrics=[f"{run_dir(run)}/metrics.json" for run in AEOT_MNIST["runs"]],
+            grids=[f"{run_dir(run)}/figures/grid.pt" for run in AEOT_MNIST["runs"]],
+            reference=PAPER_RESULTS,
+        output:
+            csv=report(f"{RESULTS}/aeot_mnist.csv", category="Tables", caption="../report/aeot_mnist.rst"),
+            markdown=f"{RESULTS}/aeot_mnist.md",
+            png=report(f"{RESULTS}/figures/aeot_mnist.png", category="Figures", caption="../report/aeot_mnist.rst"),
+            pdf=f"{RESULTS}/figures/aeot_mnist.pdf",
+        log:
+            f"{RESULTS}/logs/aeot_mnist.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} aeot-mnist --scores {input.scores} --metrics {input.metrics} --grids {input.grids} "
+            "--reference {input.reference} --csv {output.csv} --markdown {output.markdown} --out {output.png} "
+            "> {log} 2>&1"
+
+
+if "aeot_celeba" in FIGURES:
+    AEOT_CELEBA = FIGURES["aeot_celeba"]
+
+    rule interpolation:
+        """Decoded linear paths between the generative latents of pairs of prior draws (AE-OT's Fig. 5)."""
+        input:
+            config=f"{RUN}/config.json",
+            data=prepared_data,
+            final=f"{RUN}/final",
+        output:
+            f"{RUN}/figures/interpolation.pt",
+        params:
+            model=lambda w: roles(final_model(w.run)),
+            pairs=AEOT_CELEBA["pairs"],
+            steps=AEOT_CELEBA["steps"],
+            batch_size=EVAL["batch_size"],
+        log:
+            f"{RUN}/logs/interpolation.log",
+        resources:
+            mem_mb=4000,
+            runtime=15,
+        shell:
+            "{CLI} interpolation --run {wildcards.run} --config {input.config} --data {input.data} "
+            "--model {params.model} --pairs {params.pairs} --steps {params.steps} --batch-size {params.batch_size} "
+            "--device cpu --out {output} > {log} 2>&1"
+
+    rule aeot_celeba:
+        """AE-OT's CelebA experiment (Liu et al., Sec. 4.3): Fig. 4 (samples) and Fig. 5 (interpolations)."""
+        input:
+            grids=[f"{run_dir(run)}/figures/grid.pt" for run in AEOT_CELEBA["runs"]],
+            interpolations=[f"{run_dir(run)}/figures/interpolation.pt" for run in AEOT_CELEBA["runs"]],
+        output:
+            samples=report(f"{RESULTS}/figures/aeot_celeba_samples.png", category="Figures",
+                           caption="../report/aeot_celeba.rst"),
+            samples_pdf=f"{RESULTS}/figures/aeot_celeba_samples.pdf",
+            png=report(f"{RESULTS}/figures/aeot_celeba.png", category="Figures", caption="../report/aeot_celeba.rst"),
+            pdf=f"{RESULTS}/figures/aeot_celeba.pdf",
+        log:
+            f"{RESULTS}/logs/aeot_celeba.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} aeot-celeba --grids {input.grids} --interpolations {input.interpolations} "
+            "--samples-out {output.samples} --out {output.png} > {log} 2>&1"

@@ -202,9 +202,14 @@ class TrainedModel:
         """n latents z ~ N(0, I) of the evaluation's fixed stream (the same for every method)."""
         return torch.randn((n, self.latent_dim), generator=stage_rng(self.settings["seed"], 0, "samples"))
 
+    def generative_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The latents that generation decodes for prior draws ``z``: ``z`` itself, unless the method maps them
+        (AE-OT: z + grad D(z), Eq. 19). Interpolations (AE-OT's Fig. 5) run between such latents."""
+        return z
+
     def sample(self, n: int) -> torch.Tensor:
-        """n generated images; by default g(z) with z ~ N(0, I)."""
-        return self.decode(self.prior_latents(n))
+        """n generated images; by default g applied to the generative latents of z ~ N(0, I)."""
+        return self.decode(self.generative_latents(self.prior_latents(n)))
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
