@@ -98,6 +98,9 @@ BAD = {
     "digits of CelebA": (_set("runs.vae-digits01.dataset", "celeba"), "runs.vae-digits01"),
     "AE-OT table over two datasets": (_set("figures.aeot_mnist.runs", ["vae-mnist64", "vae"]),
                                       "figures.aeot_mnist.runs"),
+    "interpolation of a GMM sampler": (_set("figures.aeot_celeba", {"runs": ["rae"], "pairs": 1, "steps": 2}),
+                                       "figures.aeot_celeba.runs"),
+    "per-dataset key a method sets": (_set("datasets.svhn.training.iterations", 5), "datasets.svhn.training.iterations"),
 }
 
 

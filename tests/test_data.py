@@ -299,3 +299,21 @@ def test_pixel_scales():
         data.to_model_scale(model)
     with pytest.raises(TypeError):
         data.to_unit_scale(images)
+
+
+def test_resized_dataset_keeps_labels_and_scales_the_picture():
+    """mnist5k64 (AE-OT's MNIST at 64x64): the same digits and labels as mnist5k, each image resized bilinearly."""
+    from shortrun_ot.data import load_raw, resized
+
+    small = load_raw("mnist5k", None)
+    big = load_raw("mnist5k64", None)
+    assert big["train_images"].shape == (len(small["train_images"]), 1, 64, 64) and big["train_images"].dtype == torch.uint8
+    assert torch.equal(big["train_labels"], small["train_labels"]) and torch.equal(big["test_labels"], small["test_labels"])
+    # a picture with a white left half: still white on the left, black on the right, constant far from the edge
+    halves = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    halves[..., :14] = 255
+    raw = {"train_images": halves, "test_images": halves, "source": {}}
+    image = resized(raw, 64)["train_images"][0, 0]
+    assert (image[:, :30] == 255).all() and (image[:, 34:] == 0).all()
+    # the ink moves with the image: mean intensity is kept up to interpolation
+    assert float(big["train_images"].float().mean()) == pytest.approx(float(small["train_images"].float().mean()), rel=0.02)

@@ -18,7 +18,8 @@ from conftest import tiny_config, with_figures
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "workflow" / "profiles"
-GPU_RULES = {"stage", "evaluate", "evaluate_point", "fid_reference", "anomaly_score", "chain_stability"}
+GPU_RULES = {"stage", "evaluate", "evaluate_point", "fid_reference", "anomaly_score", "chain_stability", "classifier",
+             "sample_scores"}
 RESOURCE_KEYS = {"gpu", "gres", "gpu_model", "mem_mb", "mem_mb_per_cpu", "runtime", "cpus_per_task",
                  "slurm_partition", "slurm_account"}
 
@@ -104,7 +105,7 @@ EXPLAINED_LINTS = {
     "Specify a conda environment or container for each rule.",
     "Shell command directly uses variable CLI from outside of the rule",
     "Shell command directly uses variable DEVICE from outside of the rule",
-    "Shell command directly uses variable RAW from outside of the rule",
+    "Shell command directly uses variable NO_DOWNLOAD from outside of the rule",
     "Shell command directly uses variable TRAIN_FLAGS from outside of the rule",
 }
 

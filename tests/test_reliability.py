@@ -228,7 +228,7 @@ def test_unknown_dataset_is_rejected(base, tmp_path, unchanged):
     rc, err = cli_main("prepare", "--dataset", "cifar10", "--raw-root", base.root.parents[1] / "raw", "--out", out)
     assert rc == 1 and "unknown dataset 'cifar10'; choose one of mnist, mnist5k" in error_line(err)
     rc, err = TinyRun(tmp_path, base.data, "bad").write_config(dataset="cifar10")
-    assert rc == 1 and "config key 'runs.bad.dataset': 'cifar10' is not one of ['mnist', 'mnist5k']" in error_line(err)
+    assert rc == 1 and "config key 'runs.bad.dataset': 'cifar10' is not one of ['mnist', 'mnist5k', 'svhn'" in error_line(err)
     assert tree(tmp_path) == {"config.json": hashlib.sha256(b"{}").hexdigest()}
 
 

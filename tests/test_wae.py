@@ -70,4 +70,9 @@ def test_wae_mmd_trains_through_its_stages(tiny_data, tmp_path):  # noqa: F811
     settings["penalty"] = "mmd"
     run_per_stage(settings, tmp_path / "run", tiny_data, 2)
     report = __import__("json").loads((tmp_path / "run" / "it0002" / "learn.json").read_text())
-    assert report["penalty"] > 0 and math.isfinite(report["cost"]) and "adversary_loss" not in report
+    assert math.isfinite(report["penalty"]) and report["cost"] > 0 and "adversary_loss" not in report
+
+
+def test_mmd_of_a_single_code_is_a_clear_error():
+    with pytest.raises(ValueError, match="at least two codes"):
+        imq_mmd(torch.zeros(1, 3), torch.zeros(5, 3))

@@ -179,6 +179,11 @@ def _check_figures(config: dict, settings: dict) -> None:
         if not settings[run].get("occlusion", {}).get("missing", 0):
             raise ConfigError(f"config key 'figures.occlusion.runs': run {run!r} learns from complete images; give "
                               "it occlusion: {missing: F} with 0 < F < 1 (a method with an occlusion setting)")
+    for run in figures.get("aeot_celeba", {}).get("runs", []):
+        if not method_class(settings[run]["method"]).SAMPLES_PRIOR_DRAWS:
+            raise ConfigError(f"config key 'figures.aeot_celeba.runs': run {run!r} (method "
+                              f"{settings[run]['method']!r}) does not sample by decoding N(0, I) draws, so "
+                              "interpolating between those draws would not show its own samples")
     runs = figures.get("aeot_mnist", {}).get("runs", [])
     if len({settings[run]["dataset"] for run in runs}) > 1 or any(settings[run]["dataset"] in UNLABELLED_DATASETS
                                                                  for run in runs):
@@ -229,14 +234,14 @@ def run_settings(config: dict, run: str, dataset: str | None = None) -> dict:
         raise ConfigError(f"unknown run {run!r}; the configuration defines {sorted(config['runs'])}")
     override = config["runs"][run]
     method = override["method"]
-    dataset = dataset or override.get("dataset", config["training"]["dataset"])
+    own_dataset = override.get("dataset", config["training"]["dataset"])
+    dataset = dataset or own_dataset
     per_dataset = config["datasets"].get(dataset, {})
     merged = config["training"]
     for layer in (per_dataset.get("training", {}), config["methods"].get(method, {}),
                   per_dataset.get("methods", {}).get(method, {}), override, {"dataset": dataset}):
         merged = deep_merge(merged, layer)
-    where = f"runs.{run}" if dataset == override.get("dataset", config["training"]["dataset"]) else \
-        f"runs.{run} on datasets.{dataset}"
+    where = f"runs.{run}" if dataset == own_dataset else f"runs.{run} on datasets.{dataset}"
     _check(merged, run_schema(method), prefix=where)
     if dataset in UNLABELLED_DATASETS and (merged["classes"] is not None or merged["heldout_digit"] is not None):
         raise ConfigError(f"config key '{where}': dataset {dataset!r} has no digit labels, so 'classes' and "
@@ -330,7 +335,9 @@ def all_run_settings(config: dict) -> dict[str, dict]:
         if run not in settings:
             continue  # reported by validate_config
         for dataset in config["evaluation"]["datasets"]:
-            settings.setdefault(dataset_run(run, dataset, settings), run_settings(config, run, dataset))
+            key = dataset_run(run, dataset, settings)
+            if key not in settings:
+                settings[key] = run_settings(config, run, dataset)
     settings.update(_dataset_variants(config, _referenced_runs(config), settings))
     for name in config["sweeps"]:
         for base, value, key in sweep_points(config, name, settings):

@@ -61,8 +61,8 @@ CELEBA_PARTITION_FILE = "list_eval_partition.txt"
 CELEBA_PARTITIONS = {"train": 0, "test": 2}  # the valid partition (1) is not used
 CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 CELEBA_ALIGNED_SIZE = (178, 218)  # width, height
-# Preprocessing, the WAE/RAE convention: the centre 140x140 box (left (178-140)//2 = 19, top (218-140)//2 = 39),
-# resized to 64x64 with PIL's bilinear filter (antialiased when shrinking).
+# Preprocessing, the WAE code's "closecrop" (which RAE's follows): the centre 140x140 box (left (178-140)//2 = 19,
+# top (218-140)//2 = 39), resized to 64x64 with PIL's Lanczos filter (their Image.ANTIALIAS).
 CELEBA_CROP = 140
 CELEBA_IMAGE_SIZE = 64
 # The paper "randomly select[s] 60,000 images": drawn from the train partition with this seed (all of it if
@@ -138,15 +138,6 @@ def fetch_raw(name: str, root: str | os.PathLike | None, download: bool = True):
                 f"torchvision reported a successful download but {_missing_message(name, root)}"
             )
     return found
-
-
-def raw_data_problem(name: str, root: str | os.PathLike | None) -> str | None:
-    """None when the raw files of ``name`` are in ``root`` (presence only, nothing is read), else what to put where."""
-    try:
-        fetch_raw(name, root, download=False)
-    except DatasetUnavailableError as exc:
-        return str(exc)
-    return None
 
 
 def _raw_root(name: str, root: str | os.PathLike | None) -> Path:
@@ -499,7 +490,7 @@ def _celeba_reader(images: Path):
 def celeba_pixels(jpeg: bytes, where: str = "CelebA image", crop: int = CELEBA_CROP,
                   side: int = CELEBA_IMAGE_SIZE) -> torch.Tensor:
     """An aligned 178x218 CelebA JPEG as (3, side, side) uint8: the centre crop x crop box (default 140),
-    resized to side x side (default 64) with PIL's bilinear filter (none where crop == side)."""
+    resized to side x side (default 64) with PIL's Lanczos filter (none where crop == side)."""
     import numpy as np
     from PIL import Image
 
@@ -511,7 +502,7 @@ def celeba_pixels(jpeg: bytes, where: str = "CelebA image", crop: int = CELEBA_C
                 left, top = (width - crop) // 2, (height - crop) // 2
                 pixels = image.crop((left, top, left + crop, top + crop)).convert("RGB")
                 if side != crop:
-                    pixels = pixels.resize((side, side), Image.Resampling.BILINEAR)
+                    pixels = pixels.resize((side, side), Image.Resampling.LANCZOS)
     except OSError as exc:  # PIL's UnidentifiedImageError and truncated files
         raise ValueError(f"{where} cannot be decoded as an image ({exc}); download the images again") from exc
     if size != CELEBA_ALIGNED_SIZE:
@@ -590,7 +581,7 @@ def prepare(
     if heldout_digit is not None and name in UNLABELLED_DATASETS:
         raise ValueError(
             f"dataset {name!r} has no digit labels, so it has no anomaly split: "
-            "drop heldout_digit or use mnist or svhn"
+            f"drop heldout_digit or use a digit dataset ({', '.join(d for d in DATASETS if d not in UNLABELLED_DATASETS)})"
         )
     raw = load_raw(name, raw_root, download, progress)
     if heldout_digit is None:

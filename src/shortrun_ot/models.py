@@ -65,7 +65,8 @@ class MnistGenerator(nn.Module):
 
 class DcganGenerator(nn.Module):
     """Table 7, SVHN (base 64, 32x32) and CelebA (base 128, 64x64): z as a 1x1 map, a ConvT to a
-    ``start`` x ``start`` map of base * 8 channels, then 5x5 stride-2 ConvTs halving the channels, Tanh.
+    ``start`` x ``start`` map of base * 2^(doublings - 1) channels, then 5x5 stride-2 ConvTs halving the
+    channels, Tanh.
 
     Table 7 lists no batch norm or activation after the first ConvT. Taken literally, that layer and
     the next ConvT would compose two linear maps; every DCGAN-style generator (Radford et al. 2016,

@@ -26,7 +26,7 @@ for _run, _method in METHODS.items():
             threads: 1  # raise with --set-threads (README, "Performance")
             resources:
                 gpu=GPU,
-                mem_mb=16000,
+                mem_mb=memory(16000, run=_run),
                 runtime=60 * 24,
             shell:
                 "OMP_NUM_THREADS={threads} {CLI} train-block {TRAIN_FLAGS} --run {params.run} "

@@ -1,4 +1,5 @@
 import json
+import math
 import shlex
 import sys
 
@@ -17,6 +18,7 @@ from shortrun_ot.config import (
 )
 from shortrun_ot.data import DATASETS, raw_source
 from shortrun_ot.methods.base import StageRef
+from shortrun_ot.models import ARCHITECTURES, architecture_of
 from shortrun_ot.pipeline import build_method
 
 min_version("9.0")
@@ -62,6 +64,20 @@ wildcard_constraints:
     run=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     t=r"\d\d\d\d+",
     stage="|".join(STAGE_NAMES),
+
+
+def memory(base_mb, run=None):
+    """``mem_mb`` of a rule: ``base_mb`` for images up to CelebA's 3x64x64, scaled with the pixels of larger
+    ones (celeba128: 4x), for the dataset of ``run`` (or of the job's ``run`` wildcard) or the job's
+    ``dataset`` wildcard."""
+
+    def mem_mb(w):
+        run_key = run or (w.run if "run" in w.keys() else None)
+        dataset = SETTINGS[run_key]["dataset"] if run_key else w.dataset
+        pixels = math.prod(ARCHITECTURES[architecture_of(dataset)]["image_shape"])
+        return base_mb * max(1, math.ceil(pixels / (3 * 64 * 64)))
+
+    return mem_mb
 
 
 def run_dir(run):

@@ -8,7 +8,7 @@ rule prepare_data:
         raw=lambda w: f"{RAW}/{raw_source(w.dataset)}",  # mnist64 reads data/raw/mnist
     localrule: True  # on a cluster: runs where Snakemake runs (downloads need the network)
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=30,
     shell:
         "{CLI} prepare --dataset {wildcards.dataset} --raw-root {params.raw} {NO_DOWNLOAD} "
@@ -28,7 +28,7 @@ rule prepare_anomaly_data:
         raw=lambda w: f"{RAW}/{raw_source(w.dataset)}",
     localrule: True
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=30,
     shell:
         "{CLI} prepare --dataset {wildcards.dataset} --raw-root {params.raw} {NO_DOWNLOAD} "

@@ -17,7 +17,7 @@ rule fid_reference:
     threads: 2
     resources:
         gpu=GPU,
-        mem_mb=8000,
+        mem_mb=memory(8000),
         runtime=60,
     shell:
         "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} "
@@ -53,7 +53,7 @@ rule evaluate:
     threads: 1  # one thread: evaluations pack beside training jobs (raise with --set-threads evaluate=N)
     resources:
         gpu=GPU,
-        mem_mb=16000,
+        mem_mb=memory(16000),
         runtime=120,
     shell:
         EVALUATE
@@ -81,7 +81,7 @@ rule evaluate_point:
     threads: 2
     resources:
         gpu=GPU,
-        mem_mb=16000,
+        mem_mb=memory(16000),
         runtime=120,
     shell:
         EVALUATE

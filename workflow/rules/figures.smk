@@ -16,7 +16,7 @@ rule grid:
     log:
         f"{RUN}/logs/grid.log",
     resources:
-        mem_mb=4000,
+        mem_mb=memory(4000),
         runtime=15,
     shell:
         "{CLI} grid --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
@@ -328,7 +328,7 @@ if "aeot_mnist" in FIGURES:
         threads: 2
         resources:
             gpu=GPU,
-            mem_mb=8000,
+            mem_mb=memory(8000),
             runtime=60,
         shell:
             "OMP_NUM_THREADS={threads} {CLI} sample-scores --run {wildcards.run} --config {input.config} "
@@ -378,7 +378,7 @@ if "aeot_celeba" in FIGURES:
         log:
             f"{RUN}/logs/interpolation.log",
         resources:
-            mem_mb=4000,
+            mem_mb=memory(4000),
             runtime=15,
         shell:
             "{CLI} interpolation --run {wildcards.run} --config {input.config} --data {input.data} "

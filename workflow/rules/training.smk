@@ -38,7 +38,7 @@ rule stage:
     threads: 1  # raise with --set-threads stage=N (README, "Performance")
     resources:
         gpu=GPU,
-        mem_mb=16000,
+        mem_mb=memory(16000),
         runtime=60,
     shell:
         "OMP_NUM_THREADS={threads} {CLI} stage {TRAIN_FLAGS} --run {wildcards.run} --stage {wildcards.stage} "

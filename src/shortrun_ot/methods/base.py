@@ -97,6 +97,10 @@ class Method:
 
     STAGES: ClassVar[tuple[str, ...]] = ("init",)
     SCORES_ANOMALIES: ClassVar[bool] = False  # whether its trained model defines ``anomaly_scores`` (Table 2)
+    # whether its samples decode ``generative_latents`` of N(0, I) draws (so interpolations between those
+    # latents are its own: AE-OT's Fig. 5); False where sampling uses another distribution (a GMM, a second
+    # VAE, an energy-based prior)
+    SAMPLES_PRIOR_DRAWS: ClassVar[bool] = True
 
     def __init__(self, settings: dict):
         self.settings = settings

@@ -39,6 +39,8 @@ def prior_loss(energy: EnergyPrior, z_posterior: torch.Tensor, z_prior: torch.Te
 class LatentEBM(ShortRunInference):
     """SRI with a learned energy-based prior: state files hold ``generator``, ``optimizer``, ``ebm``, ``ebm_optimizer``."""
 
+    SAMPLES_PRIOR_DRAWS = False  # samples come from prior Langevin on the energy-based prior
+
     def energy_prior(self) -> EnergyPrior:
         return EnergyPrior(latent_size(self.settings), self.settings["ebm"]["width"])
 

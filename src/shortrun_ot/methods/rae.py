@@ -62,6 +62,7 @@ class RAE(AutoencoderMethod):
     so that the model after any iteration can be sampled (a few seconds of EM beside the epoch)."""
 
     STAGES = ("init", "learn", "density")
+    SAMPLES_PRIOR_DRAWS = False  # samples decode draws of the ex-post GMM
 
     def stages(self, t):
         if t == 0:

@@ -63,6 +63,7 @@ def two_stage_sample(second_decoder, first_decoder, u: torch.Tensor, gamma_z: fl
 
 class TwoStageVAE(Method):
     STAGES = ("init", "stage1", "posterior", "stage2")
+    SAMPLES_PRIOR_DRAWS = False  # samples pass through the second-stage VAE
 
     def __init__(self, settings):
         super().__init__(settings)

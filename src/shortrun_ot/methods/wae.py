@@ -14,9 +14,10 @@ with P_Z = N(0, I) and the divergence between the codes' distribution Q_Z and P_
   kernel k(x, y) = C / (C + ||x - y||^2), C = 2 d s for s in (.1, .2, .5, 1, 2, 5, 10), summed.
 
 Units as their code's: the cost is 0.05 * sum of squared pixel differences on the [0, 1] scale
-(their ``l2sq``), i.e. 0.05 / 4 of this project's [-1, 1] scale; lambda = 10 (their MNIST
-configuration). Adam with beta1 = 0.5, learning rates 1e-3 (autoencoder) and 5e-4 (adversary),
-both divided by 2 after epoch 30, by 10 after 50 and by 100 after 100 (their "manual" schedule).
+(their ``l2sq``), i.e. 0.05 / 4 of this project's [-1, 1] scale. The defaults (params.yaml) are their
+MNIST configuration (``configs.py``, written for WAE-MMD: lambda = 10, Adam with beta1 = 0.5, learning
+rates 1e-3 and 5e-4 for the adversary, batch 100), carried over to WAE-GAN; the learning rates are
+divided by 2 after epoch 30, by 10 after 50 and by 100 after 100 (their "manual" schedule).
 Not reproduced: their encoder pre-training (200 steps matching the codes' mean and covariance to
 the prior's) and their noise-adding encoder option. One iteration is one epoch; samples G(z),
 z ~ N(0, I); codes Q(I).
@@ -44,6 +45,9 @@ def imq_mmd(codes: torch.Tensor, prior: torch.Tensor, scales=IMQ_SCALES) -> torc
     C = 2 d scale (their Alg. 2 and code): within-sample means over the n (n - 1) distinct pairs, the
     cross term over all n m pairs."""
     n, m, d = len(codes), len(prior), codes.shape[1]
+    if min(n, m) < 2:
+        raise ValueError(f"the MMD needs at least two codes and two prior draws, got {n} and {m}: choose a "
+                         "batch_size that does not leave a last batch of one image")
     within_codes, within_prior, across = (torch.cdist(a, b).square() for a, b in
                                           ((codes, codes), (prior, prior), (codes, prior)))
     total = codes.new_zeros(())
@@ -131,15 +135,17 @@ class WAE(AutoencoderMethod):
         def prior_like(codes):
             return torch.randn(codes.shape, generator=prior_rng).to(codes.device)
 
+        last_codes = {}
+
         def batch_loss(images):
             codes = encoder(images)
+            last_codes["batch"] = codes.detach()  # the adversary's step sees the codes of this batch
             cost = quadratic_cost(images, decoder(codes))
             penalty = gan_penalty(adversary, codes) if gan else imq_mmd(codes, prior_like(codes))
             return cost + s["penalty_weight"] * penalty, {"cost": cost, "penalty": penalty}
 
         def adversary_step(images):
-            with torch.no_grad():
-                codes = encoder(images)
+            codes = last_codes["batch"]
             loss = s["penalty_weight"] * adversary_loss(adversary, codes, prior_like(codes))
             adversary_optimizer.zero_grad(set_to_none=True)
             loss.backward()
