@@ -277,6 +277,14 @@ def _titled_runs(metrics_files: list[str]) -> list[tuple[str, dict]]:
     return [(_run_title(metrics["run"]), metrics) for metrics in (load_json(path, "metrics") for path in metrics_files)]
 
 
+def _one_file_per_run(args, *options: str) -> None:
+    """Refuse file lists of unequal length: each of ``--<option>`` names one file per run, in the same order."""
+    flags, counts = [f"--{option}" for option in options], [len(getattr(args, option)) for option in options]
+    if len(set(counts)) > 1:
+        raise ValueError(f"{', '.join(flags[:-1])} and {flags[-1]} name one file per run, got "
+                         f"{', '.join(map(str, counts[:-1]))} and {counts[-1]}")
+
+
 def _run_title(run: str) -> str:
     """The paper's name of the system a run trains, and the run key: "AE-OT (run aeot-mnist64)"."""
     from .tables import MODEL_TITLE
@@ -289,9 +297,7 @@ def cmd_figure3(args):
     from .figures import latent_comparison_figure
     from .io import load_tensors
 
-    if len(args.latents) != len(args.metrics):
-        raise ValueError(f"--latents and --metrics name one file per run, got {len(args.latents)} and "
-                         f"{len(args.metrics)}")
+    _one_file_per_run(args, "latents", "metrics")
     panels = {}
     for (title, metrics), path in zip(_titled_runs(args.metrics), args.latents):
         population = load_tensors(path, "latents")
@@ -325,9 +331,7 @@ def cmd_aeot_mnist(args):
     from .io import load_tensors
     from .tables import aeot_mnist_table, write_table
 
-    if not len(args.scores) == len(args.metrics) == len(args.grids):
-        raise ValueError(f"--scores, --metrics and --grids name one file per run, got {len(args.scores)}, "
-                         f"{len(args.metrics)} and {len(args.grids)}")
+    _one_file_per_run(args, "scores", "metrics", "grids")
     table = aeot_mnist_table(args.scores, args.metrics, args.reference)
     panels = {title: load_tensors(path, "grid panels")["panels"]["samples"][: args.count]
               for (title, _), path in zip(_titled_runs(args.metrics), args.grids)}
@@ -344,9 +348,7 @@ def cmd_aeot_celeba(args):
     from .figures import image_rows_figure
     from .io import load_tensors
 
-    if len(args.grids) != len(args.interpolations):
-        raise ValueError(f"--grids and --interpolations name one file per run, got {len(args.grids)} and "
-                         f"{len(args.interpolations)}")
+    _one_file_per_run(args, "grids", "interpolations")
     samples, paths = {}, {}  # Fig. 4: the models side by side; Fig. 5: a row of paths per model
     for grid_path, path in zip(args.grids, args.interpolations):
         grid, interpolation = load_tensors(grid_path, "grid panels"), load_tensors(path, "interpolation")
@@ -375,8 +377,7 @@ def cmd_occlusion(args):
     from .io import load_tensors
     from .tables import occlusion_table, write_table
 
-    if len(args.grids) != len(args.metrics):
-        raise ValueError(f"--grids and --metrics name one file per run, got {len(args.grids)} and {len(args.metrics)}")
+    _one_file_per_run(args, "grids", "metrics")
     table = occlusion_table(args.metrics)
     rows = {}
     for (title, metrics), path in zip(_titled_runs(args.metrics), args.grids):
