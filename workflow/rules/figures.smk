@@ -335,8 +335,9 @@ if "aeot_mnist" in FIGURES:
             "--data {input.data} --model {params.model} --classifier {input.classifier} --samples {params.samples} "
             "--batch-size {params.batch_size} --device {DEVICE} --out {output} > {log} 2>&1"
 
-    rule aeot_mnist:
-        """AE-OT's MNIST experiment (Liu et al., Sec. 4.2): its Table 1 beside the paper's, and Fig. 3."""
+    rule score_table:
+        """Scores of several runs' samples beside a paper's and their samples side by side (figures.aeot_mnist:
+        AE-OT's MNIST Table 1 and Fig. 3, Liu et al., Sec. 4.2)."""
         input:
             scores=[f"{run_dir(run)}/scores.json" for run in AEOT_MNIST["runs"]],
             metrics=[f"{run_dir(run)}/metrics.json" for run in AEOT_MNIST["runs"]],
@@ -385,8 +386,9 @@ if "aeot_celeba" in FIGURES:
             "--model {params.model} --pairs {params.pairs} --steps {params.steps} --batch-size {params.batch_size} "
             "--device cpu --out {output} > {log} 2>&1"
 
-    rule aeot_celeba:
-        """AE-OT's CelebA experiment (Liu et al., Sec. 4.3): Fig. 4 (samples) and Fig. 5 (interpolations)."""
+    rule samples_and_interpolations:
+        """Samples side by side and interpolations, a row per run (figures.aeot_celeba: AE-OT's CelebA Figs. 4
+        and 5, Liu et al., Sec. 4.3)."""
         input:
             grids=[f"{run_dir(run)}/figures/grid.pt" for run in AEOT_CELEBA["runs"]],
             interpolations=[f"{run_dir(run)}/figures/interpolation.pt" for run in AEOT_CELEBA["runs"]],
