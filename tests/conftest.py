@@ -27,11 +27,14 @@ def tiny_config(tmp: Path, compute: dict | None = None, **training) -> Path:
 
 
 def with_figures(config: dict) -> dict:
-    """Add the figures and ablation tables of Sec. 6 (Figs. 2-5, Tables 3-6, chain stability, occlusion) and
-    AE-OT's (eight Gaussians; the MNIST table and the CelebA figures, on the tiny runs) to a tiny config."""
+    """Add the figures and ablation tables of Sec. 6 (Figs. 2-5, Tables 3-6, chain stability, occlusion),
+    AE-OT's (eight Gaussians; the MNIST table and the CelebA figures, on the tiny runs) and the Coupled VAE's
+    (the mixture tables and figure; the MNIST figures on 2-D tiny runs) to a tiny config."""
     digits01 = {"classes": [0, 1], "latent_dim": 2}
     config["runs"] = {"digits01": {"method": "shortrun", **digits01},
                       "vae-digits01": {"method": "vae", **digits01, "iterations": 2},
+                      "cvae-digits01": {"method": "cvae", **digits01, "iterations": 2, "posterior_draws": 100,
+                                        "likelihood": "bernoulli"},
                       "ours-missing50": {"method": "shortrun", "occlusion": {"missing": 0.5}}}
     config["sweeps"] = {
         "alpha": {"runs": ["ours"], "key": "correction.alpha", "values": [0.0, 0.9]},
@@ -56,6 +59,11 @@ def with_figures(config: dict) -> dict:
                             "perturbation": 1e-3},
         "aeot_mnist": {"runs": ["ours", "abp"], "samples": 20, "classifier": {"epochs": 1, "min_accuracy": 0.5}},
         "aeot_celeba": {"runs": ["ours", "abp"], "pairs": 2, "steps": 4},
+        # the Coupled VAE's experiments: every model of params.yaml (a --configfile cannot remove one) on 100 points
+        "coupled_vae_mixture": {"seeds": 2, "points_per_mode": 4, "samples": 50,
+                                "training": {"latent_dim": 2, "batch_size": 50, "iterations": 2},
+                                "models": {"C-VAE": {"posterior_draws": 200}}},
+        "coupled_vae_mnist": {"runs": ["vae-digits01", "cvae-digits01"], "pairs": 2, "steps": 3},
     }
     return config
 

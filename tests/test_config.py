@@ -119,10 +119,10 @@ def test_a_run_is_the_protocol_then_its_method_defaults_then_its_overrides():
 
 
 def test_the_schema_lists_the_datasets_the_data_module_prepares():
-    from shortrun_ot.config import load_schema
+    from shortrun_ot.config import MIXTURE_DATASET, load_schema
     from shortrun_ot.data import DATASETS
 
-    assert load_schema()["$defs"]["dataset"]["enum"] == list(DATASETS)
+    assert load_schema()["$defs"]["dataset"]["enum"] == [*DATASETS, MIXTURE_DATASET]
 
 
 def test_per_dataset_settings_sit_between_the_protocol_the_method_and_the_run():

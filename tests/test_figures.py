@@ -95,6 +95,18 @@ def test_the_figure_targets_build_from_a_tiny_configuration(tmp_path):
     for name in ("aeot_mnist", "aeot_celeba", "aeot_celeba_samples"):  # AE-OT's Fig. 3; Figs. 5 and 4 on tiny runs
         assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
+    # the Coupled VAE's Tables 1 and 2: every model over both seeds beside the paper's five rows; Figs. 1 to 4
+    mixture = pd.read_csv(results / "coupled_vae_mixture.csv")
+    measured = mixture[mixture["source"] == "measured"].set_index("model")
+    assert sorted(measured.index) == ["C-VAE", "InfoVAE", "VAE", "VAE-NF", "WAE"]
+    assert (measured["seeds"] == 2).all() and (measured["points"] == 100).all()
+    assert measured["high_density_ratio"].between(0, 1).all() and measured["train_seconds"].gt(0).all()
+    paper = mixture[mixture["source"] == "paper"].set_index("model")
+    assert paper.loc["C-VAE", "high_density_ratio"] == 0.985 and paper.loc["WAE", "mmd"] == 0.006
+    for name in ("coupled_vae_mixture", "coupled_vae_mnist", "coupled_vae_mnist_posterior"):
+        assert Image.open(results / "figures" / f"{name}.png").size[0] > 500
+        assert (results / "figures" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+
     # AE-OT's Fig. 2: a row of mode coverage per snapshot
     coverage = pd.read_csv(results / "figures" / "eight_gaussians.csv")
     assert coverage["iteration"].tolist() == [1, 3] and coverage["near_fraction"].between(0, 1).all()

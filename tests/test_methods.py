@@ -15,7 +15,8 @@ from shortrun_ot.config import deep_merge, run_settings, stage_settings
 from shortrun_ot.methods.base import EvaluationProtocol, StageRef
 from shortrun_ot.methods.rae import fit_mixture, rae_loss, sample_mixture
 from shortrun_ot.methods.two_stage_vae import ScaledVAE, TwoStageVAEModel, two_stage_sample
-from shortrun_ot.methods.vae import gaussian_kl, gaussian_nll, negative_elbo
+from shortrun_ot.likelihood import gaussian_nll
+from shortrun_ot.methods.vae import gaussian_kl, negative_elbo
 from shortrun_ot.pipeline import build_method, load_state, run_stage, train_block, write_final
 from test_data import make_mnist_like, write_mnist_files
 
@@ -55,7 +56,7 @@ def test_elbo_of_a_linear_gaussian_model_equals_its_closed_form():
     x = torch.randn(n, D)
     noise = torch.randn(200_000, n, d, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        estimate, reconstruction, kl = negative_elbo(encoder, decoder, x, math.log(sigma), noise)
+        estimate, reconstruction, kl = negative_elbo(encoder, decoder, x, lambda images, means: gaussian_nll(images, means, math.log(sigma)), noise)
         mu = encoder(x)[:, :d]
         W, b = decoder.weight, decoder.bias
         expected_squared = (x - mu @ W.T - b).pow(2).sum(1) + (log_s2.exp() * W.pow(2).sum(0)).sum()
@@ -164,6 +165,9 @@ METHOD_SETTINGS = {  # a few cheap stages of every method; 2sVAE: 2 epochs of ea
     "lebm": {"langevin": {"steps": 2, "step_size": 0.05}, "prior_langevin": {"steps": 3, "step_size": 0.3},
              "ebm": {"width": 8}},
     "wae": {"adversary": {"layers": 2, "width": 16}},
+    "vae_nf": {"flows": 2},
+    "infovae": {"lambda": 2.0},
+    "cvae": {"posterior_draws": 50, "dual": {"steps": 2}},
     "aeot": {"autoencoder_iterations": 1, "potential_steps": 2, "ot_batch": 6,
              "potential": {"layers": 3, "width": 16}},
 }
@@ -235,10 +239,11 @@ def test_every_method_answers_the_evaluation_protocol(method, tiny_data, tmp_pat
     trained = run_per_stage(settings, tmp_path, tiny_data, settings["iterations"])
     final = {role: layout.state_file(tmp_path, ref) for role, ref in trained.evaluation_points(3)["end"].items()}
     states = {role: load_state(path, settings) for role, path in final.items()}
-    model = trained.trained_model(states, torch.device("cpu"), EvaluationProtocol(batch_size=10, langevin_steps=2))
     from shortrun_ot.pipeline import load_training_images
 
-    images = load_training_images(tiny_data, settings)
+    images = load_training_images(tiny_data, settings)  # as the CLI passes them (the Coupled VAE's posterior needs them)
+    model = trained.trained_model(states, torch.device("cpu"), EvaluationProtocol(batch_size=10, langevin_steps=2,
+                                                                                  train_images=images))
     latents = model.latent_population(images)
     assert latents.shape == (24, 4) and torch.isfinite(latents).all()
     for produced in (model.decode(latents), model.sample(5), model.reconstruct(images[:5])):

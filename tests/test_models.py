@@ -13,7 +13,21 @@ def test_output_shape_and_range(name):
     g = build_generator(name, spec["latent_dim"])
     images = g(torch.randn(4, spec["latent_dim"]))
     assert images.shape == (4, *spec["image_shape"])
-    assert images.abs().max() <= 1  # Tanh
+    if len(spec["image_shape"]) == 3:  # images: Tanh; the 2-D mixture's points are unbounded
+        assert images.abs().max() <= 1
+
+
+def test_the_mixture_networks_are_four_linear_layers_of_256_with_batch_norm_and_relu_between():
+    """The Coupled VAE's Sec. 5: "four fully connected layers with ReLU activations with Batch normalizations in
+    between. All hidden layers have 256 neurons"; a linear output (the points are not bounded)."""
+    from shortrun_ot.models import build_encoder
+
+    for network, sizes in ((build_generator("mog", 2), [(2, 256), (256, 256), (256, 256), (256, 2)]),
+                           (build_encoder("mog", 4), [(2, 256), (256, 256), (256, 256), (256, 4)])):
+        layers = list(network.net)
+        assert [(m.in_features, m.out_features) for m in layers if isinstance(m, nn.Linear)] == sizes
+        assert [type(m) for m in layers[:3]] == [nn.Linear, nn.BatchNorm1d, nn.ReLU] and isinstance(layers[-1], nn.Linear)
+        assert sum(isinstance(m, nn.BatchNorm1d) for m in layers) == 3
 
 
 def test_mnist_generator_layers_follow_table7():

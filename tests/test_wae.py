@@ -58,6 +58,7 @@ def test_quadratic_cost_is_their_l2sq_on_the_unit_scale():
     reconstructions = torch.full((2, 1, 4, 4), -1.0)  # black: a difference of 1 per pixel on [0, 1]
     reconstructions[1, 0, 0, 0] = 1.0  # one pixel right in the second image
     assert float(quadratic_cost(images, reconstructions)) == pytest.approx(0.05 * (16 + 15) / 2)
+    assert float(quadratic_cost(images, reconstructions, weight=1.0)) == pytest.approx(4 * (16 + 15) / 2)
 
 
 def test_learning_rate_schedule_is_their_manual_one():

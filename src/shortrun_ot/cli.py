@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from .config import ConfigError, check_run_settings, load_run_settings, resolve_device, set_tf32
+from .config import ConfigError, check_run_settings, load_run_settings, resolve_device, set_tf32, stage_rng
 from .io import save_json
 
 
@@ -97,12 +97,13 @@ def cmd_final(args):
 def _trained_model(args, langevin_steps: int):
     """The run's model from ``--model ROLE=PATH`` state files, ready for evaluation."""
     from .methods.base import EvaluationProtocol
-    from .pipeline import build_method, load_state
+    from .pipeline import build_method, load_state, load_training_images
 
     settings = load_run_settings(args.config)
     device = resolve_device(args.device)
     states = {role: load_state(path, settings) for role, path in _pairs(args.model, "--model").items()}
-    protocol = EvaluationProtocol(batch_size=args.batch_size, langevin_steps=langevin_steps)
+    protocol = EvaluationProtocol(batch_size=args.batch_size, langevin_steps=langevin_steps,
+                                  train_images=load_training_images(args.data, settings))
     return settings, build_method(settings).trained_model(states, device, protocol)
 
 
@@ -304,9 +305,10 @@ def cmd_figure3(args):
         if population["latents"].shape[1] != 2:
             raise ValueError(f"{path}: Fig. 3 draws 2-D latents, these have {population['latents'].shape[1]} "
                              "dimensions; give the run latent_dim: 2")
-        panels[title] = {**population, "ot_cost": metrics["ot_cost"], "ot_cost_prior_floor": metrics["ot_cost_prior_floor"]}
+        panels[title] = {**population, "note": f"OT cost to the prior {metrics['ot_cost']:.3f}\n(two prior samples: "
+                                               f"{metrics['ot_cost_prior_floor']:.3f})"}
+        print(f"{title}: OT cost {metrics['ot_cost']:.4f}")
     latent_comparison_figure(panels, args.out)
-    print(json.dumps({title: round(p["ot_cost"], 4) for title, p in panels.items()}))
 
 
 def cmd_eight_gaussians(args):
@@ -323,6 +325,76 @@ def cmd_eight_gaussians(args):
     table = pd.DataFrame(rows).assign(seconds=round(result["seconds"], 1), device="cpu")
     save_text(table.to_csv(index=False), args.csv)
     print(json.dumps({**result["final"], "seconds": result["seconds"], "coverage": result["coverage"]}))
+
+
+def cmd_mixture_run(args):
+    """One model and seed of the Coupled VAE's mixture experiment: train in memory, score, keep Fig. 1's points."""
+    from . import mixture
+    from .io import save_tensors
+
+    settings = {**json.loads(args.settings), "seed": args.seed}
+    check_run_settings(settings, f"figures.coupled_vae_mixture.models.{args.model}", planned=True)
+    result, panels = mixture.run(settings, samples=args.samples, points_per_mode=args.points_per_mode,
+                                 device=resolve_device(args.device))
+    save_tensors({"model": args.model, **panels}, args.panels)
+    save_json({"model": args.model, **result}, args.out)
+    print(json.dumps({"model": args.model, "seed": args.seed, **{key: result[key] for key in
+                                                                 ("high_density_ratio", "modes_covered", "std_within_modes", "mmd")}}))
+
+
+def cmd_mixture_table(args):
+    """The Coupled VAE's Tables 1 and 2 beside the paper's, and Figs. 1 and 2 (its first seed of each model)."""
+    from . import mixture
+    from .figures import mixture_figure
+    from .io import load_json, load_tensors
+    from .tables import mixture_table, write_table
+
+    results = [load_json(path, "mixture result") for path in args.results]
+    panels = {}
+    for path in args.panels:
+        loaded = load_tensors(path, "mixture points")
+        panels[loaded["model"]] = loaded
+    data, _ = mixture.mixture_points(len(next(iter(panels.values()))["labels"]) // len(mixture.mode_means()))
+    mixture_figure(data, panels, args.out)
+    write_table(mixture_table(results, args.reference), args.csv, args.markdown,
+                "The Coupled VAE's Tables 1 and 2 (Hao & Shafto, 25 Gaussians, d = 2): high-density ratio (fraction of "
+                "generated points within 4 sigma = 0.2 of their nearest mode), modes covered (holding at least one of "
+                "those points; not in the paper), spread of those points around their "
+                "modes (true 0.05), MMD^2 between one posterior draw per training point and as many N(0, I) draws "
+                "(Gaussian kernel, bandwidth 1; the paper names no kernel, so its MMD scale differs); mean and "
+                "std over seeds. `paper` rows: the paper's numbers, its ± as printed.")
+
+
+def cmd_posterior(args):
+    """One draw z ~ q(z | I) per training image, with the digit labels (the Coupled VAE's Fig. 3)."""
+    from .io import save_tensors
+    from .mixture import aggregate_posterior_mmd
+    from .pipeline import load_training_images
+
+    settings, model = _trained_model(args, args.test_steps)
+    images, labels = load_training_images(args.data, settings, with_labels=True)
+    latents = model.posterior_samples(images, stage_rng(settings["seed"], 0, "aggregate-posterior"))
+    save_tensors({"run": args.run, "latents": latents, "labels": labels,
+                  "mmd": aggregate_posterior_mmd(latents, settings["seed"])}, args.out)
+
+
+def cmd_coupled_vae_mnist(args):
+    """The Coupled VAE's MNIST experiment: Fig. 3 (aggregate posteriors by digit) and Fig. 4 (samples,
+    reconstructions and interpolations per model)."""
+    from .figures import image_rows_figure, latent_comparison_figure
+    from .io import load_tensors
+
+    _one_file_per_run(args, "posteriors", "grids", "interpolations")
+    posteriors, rows = {}, {}
+    for posterior_path, grid_path, path in zip(args.posteriors, args.grids, args.interpolations):
+        posterior = load_tensors(posterior_path, "aggregate posterior")
+        title = _run_title(posterior["run"])
+        posteriors[title] = {**posterior, "note": f"MMD^2 to the prior {posterior['mmd']:.4f}"}
+        grid, paths = load_tensors(grid_path, "grid panels")["panels"], load_tensors(path, "interpolations")
+        rows[title] = {"samples": grid["samples"][: args.count], "reconstructions": grid["reconstructions"][: args.count],
+                       "interpolations": paths["images"]}
+    latent_comparison_figure(posteriors, args.posterior_figure)
+    image_rows_figure(rows, args.out, columns=10, pdf=True)
 
 
 def cmd_aeot_mnist(args):
@@ -534,7 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model_commands += (
         ("sample-scores", cmd_sample_scores, "Inception Score and classifier score of a model's samples (AE-OT)"),
-        ("interpolation", cmd_interpolation, "decoded linear paths between generative latents (AE-OT Fig. 5)"))
+        ("interpolation", cmd_interpolation, "decoded linear paths between generative latents (AE-OT Fig. 5)"),
+        ("posterior", cmd_posterior, "one posterior draw per training image, with labels (the Coupled VAE's Fig. 3)"))
     for name, func, help_text in model_commands:
         p = command(name, func, help_text, device=True)
         p.add_argument("--model", nargs="+", required=True, help="ROLE=PATH of the model's state files")
@@ -621,6 +694,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.choices["interpolation"]
     p.add_argument("--pairs", type=int, required=True, help="paths, one row each")
     p.add_argument("--steps", type=int, required=True, help="images per path, both ends included")
+
+    p = command("mixture-run", cmd_mixture_run, "one model and seed of the Coupled VAE's 25-Gaussian experiment",
+                config=False, data=False, device=True)
+    p.add_argument("--model", required=True, help="the model's title (figures.coupled_vae_mixture.models)")
+    p.add_argument("--settings", required=True, help="its settings as JSON (the seed is --seed)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--samples", type=int, required=True, help="generated points behind the metrics")
+    p.add_argument("--points-per-mode", type=int, required=True, help="training points per Gaussian (paper: 300)")
+    p.add_argument("--panels", required=True, help="the points of Fig. 1 (.pt)")
+    p.add_argument("--out", required=True, help="metrics and training time (.json)")
+
+    p = command("mixture-table", cmd_mixture_table, "the Coupled VAE's Tables 1 and 2 and Figs. 1 and 2",
+                config=False, data=False)
+    p.add_argument("--results", nargs="+", required=True, help="every model's and seed's mixture-run JSON")
+    p.add_argument("--panels", nargs="+", required=True, help="one mixture-run .pt per model (its figure row)")
+    p.add_argument("--reference", required=True, help="the papers' numbers (CSV)")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--markdown", required=True)
+    p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
+
+    p = command("coupled-vae-mnist", cmd_coupled_vae_mnist, "the Coupled VAE's MNIST Figs. 3 and 4",
+                config=False, data=False)
+    p.add_argument("--posteriors", nargs="+", required=True, help="each run's posterior.pt")
+    p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt, same order")
+    p.add_argument("--interpolations", nargs="+", required=True, help="each run's interpolation.pt, same order")
+    p.add_argument("--count", type=int, default=30, help="samples and reconstructions per panel")
+    p.add_argument("--posterior-figure", required=True, help="Fig. 3 (PNG; a PDF is written beside it)")
+    p.add_argument("--out", required=True, help="Fig. 4 (PNG; a PDF is written beside it)")
 
     p = sub.add_parser("aeot-celeba", help="AE-OT's CelebA Figs. 4 and 5: samples and interpolations per model")
     p.set_defaults(func=cmd_aeot_celeba)

@@ -184,6 +184,12 @@ def _check_figures(config: dict, settings: dict) -> None:
             raise ConfigError(f"config key 'figures.aeot_celeba.runs': run {run!r} (method "
                               f"{settings[run]['method']!r}) does not sample by decoding N(0, I) draws, so "
                               "interpolating between those draws would not show its own samples")
+    if "coupled_vae_mixture" in figures:
+        mixture_settings(config)
+    for run in figures.get("coupled_vae_mnist", {}).get("runs", []):
+        if settings[run]["latent_dim"] != 2 or settings[run]["dataset"] in UNLABELLED_DATASETS:
+            raise ConfigError(f"config key 'figures.coupled_vae_mnist.runs': run {run!r} needs latent_dim 2 and a "
+                              "dataset with digit labels (its aggregate posterior is drawn in the plane, by digit)")
     runs = figures.get("aeot_mnist", {}).get("runs", [])
     if len({settings[run]["dataset"] for run in runs}) > 1 or any(settings[run]["dataset"] in UNLABELLED_DATASETS
                                                                  for run in runs):
@@ -243,11 +249,34 @@ def run_settings(config: dict, run: str, dataset: str | None = None) -> dict:
         merged = deep_merge(merged, layer)
     where = f"runs.{run}" if dataset == own_dataset else f"runs.{run} on datasets.{dataset}"
     _check(merged, run_schema(method), prefix=where)
+    if dataset == MIXTURE_DATASET:
+        raise ConfigError(f"config key '{where}': dataset {MIXTURE_DATASET!r} (the Coupled VAE's 2-D mixture) has no "
+                          "image files to prepare; its models belong in figures.coupled_vae_mixture.models")
     if dataset in UNLABELLED_DATASETS and (merged["classes"] is not None or merged["heldout_digit"] is not None):
         raise ConfigError(f"config key '{where}': dataset {dataset!r} has no digit labels, so 'classes' and "
                           "'heldout_digit' must be null")
     return merged
 
+
+
+MIXTURE_DATASET = "mog25"
+
+
+def mixture_settings(config: dict) -> dict[str, dict]:
+    """figures.coupled_vae_mixture: model title -> its settings for seed 0, validated. In order, each deep-merged
+    over the last: ``training``, ``methods.<method>``, the experiment's ``training``, the model's own keys, and
+    dataset mog25."""
+    spec = config["figures"]["coupled_vae_mixture"]
+    models = {}
+    for title, keys in spec["models"].items():
+        merged = config["training"]
+        for layer in (config["methods"].get(keys["method"], {}), spec["training"], keys,
+                      {"dataset": MIXTURE_DATASET, "seed": 0, "classes": None, "train_images": None,
+                       "heldout_digit": None}):
+            merged = deep_merge(merged, layer)
+        _check(merged, run_schema(keys["method"]), prefix=f"figures.coupled_vae_mixture.models.{title}")
+        models[title] = merged
+    return models
 
 
 def dataset_run(run: str, dataset: str, settings: dict[str, dict]) -> str:
@@ -374,14 +403,15 @@ def load_run_settings(path: str | Path) -> dict:
     return settings
 
 
-def check_run_settings(settings: dict, where: str) -> None:
-    """Validate the settings of a ``config.json`` (:func:`stage_settings`: all but ``iterations``);
-    ``where`` prefixes the key named in the error."""
+def check_run_settings(settings: dict, where: str, planned: bool = False) -> None:
+    """Validate the settings of a ``config.json`` (:func:`stage_settings`: all but ``iterations``), or with
+    ``planned`` those of a whole run (``iterations`` too); ``where`` prefixes the key named in the error."""
     if not isinstance(settings, dict) or not isinstance(settings.get("method"), str):
         raise ConfigError(f"config key '{where}.method': a run's settings must name its method")
     schema = run_schema(settings["method"])
-    del schema["properties"]["iterations"]
-    schema["required"].remove("iterations")
+    if not planned:
+        del schema["properties"]["iterations"]
+        schema["required"].remove("iterations")
     _check(settings, schema, prefix=where)
 
 

@@ -99,11 +99,12 @@ def latent_evolution_figure(panels: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def latent_comparison_figure(panels: dict[str, dict], path: str | Path) -> None:
-    """Fig. 3: the 2-D latents of the training images under several models, side by side on the same axes,
-    with the prior N(0, I)'s density contours (the circles through which 39 %, 86 % and 99 % of its mass
-    lies inside: radii 1, 2, 3) and each population's OT cost to a prior sample in the panel's title.
+    """Fig. 3 (and the Coupled VAE's Fig. 3): the 2-D latents of the training images under several models, side
+    by side on the same axes, with the prior N(0, I)'s density contours (the circles through which 39 %, 86 %
+    and 99 % of its mass lies inside: radii 1, 2, 3) and a note under each title (e.g. the population's OT
+    cost to a prior sample).
 
-    ``panels``: title -> {"latents": (n, 2), "labels": (n,), "ot_cost": float, "ot_cost_prior_floor": float}.
+    ``panels``: title -> {"latents": (n, 2), "labels": (n,), "note": str}.
     """
     limit = _latent_limit([p["latents"] for p in panels.values()])
     digits = sorted({int(d) for p in panels.values() for d in p["labels"]})
@@ -115,8 +116,7 @@ def latent_comparison_figure(panels: dict[str, dict], path: str | Path) -> None:
     for ax, (title, panel) in zip(axes[0], panels.items()):
         ax.contour(x.numpy(), y.numpy(), density.numpy(), levels=levels, colors="0.4", linewidths=0.8)
         _scatter_digits(ax, panel["latents"], panel["labels"], digits, limit)
-        ax.set_title(f"{title}\nOT cost to the prior {panel['ot_cost']:.3f}\n"
-                     f"(two prior samples: {panel['ot_cost_prior_floor']:.3f})", fontsize=9)
+        ax.set_title(f"{title}\n{panel['note']}", fontsize=9)
     axes[0][0].legend(loc="lower left", fontsize=7, markerscale=4)
     _both_formats(fig, path)
 
@@ -172,4 +172,47 @@ def potential_map_figure(source: torch.Tensor, target: torch.Tensor, panels: dic
             ax.scatter(points[:, 0].numpy(), points[:, 1].numpy(), s=5, color=colour, label=label)
         ax.set(title=title, aspect="equal")
     axes[0][0].legend(loc="lower left", fontsize=7, markerscale=2)
+    _both_formats(fig, path)
+
+
+def mixture_figure(data: torch.Tensor, panels: dict[str, dict], path: str | Path) -> None:
+    """The Coupled VAE's Figs. 1 and 2 (Hao & Shafto, Sec. 5): the 25-Gaussian data, then a row per model with
+    (1) generated points, (2) reconstructions of the training points, (3) their codes (posterior means),
+    coloured by mode, (4) one posterior draw per training point (the aggregate posterior) over the prior's
+    1-, 2-, 3-sigma circles, (5) draws from one training point's posterior (the point's mode and position
+    in the title).
+
+    ``panels``: model title -> the arrays of ``mixture.evaluate`` plus ``labels`` (the mode of each point)."""
+    columns = ["samples", "reconstructions", "codes", "aggregate posterior", "posterior of one point"]
+    fig, axes = plt.subplots(len(panels) + 1, len(columns), figsize=(2.6 * len(columns), 2.6 * (len(panels) + 1)),
+                             squeeze=False, layout="constrained")
+    for ax in axes.flat:
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
+    axes[0][0].scatter(data[:, 0], data[:, 1], s=1, alpha=0.4, color="0.2")
+    axes[0][0].set_title("data: 25 Gaussians (Fig. 2)", fontsize=8)
+    for ax in axes[0][1:]:
+        ax.axis("off")
+    colours = plt.get_cmap("tab20")
+    circle = torch.linspace(0, 2 * math.pi, 200)
+    for row, (title, panel) in zip(axes[1:], panels.items()):
+        labels = panel["labels"]
+        for ax, key in zip(row, ["samples", "reconstructions", "codes", "aggregate_posterior", "posterior"]):
+            points = panel[key].detach()
+            colour = [colours(int(label) % 20) for label in labels] if key in ("codes", "reconstructions") else "0.2"
+            if key == "posterior":
+                ax.hist2d(points[:, 0].numpy(), points[:, 1].numpy(), bins=60, cmap="viridis")
+            else:
+                ax.scatter(points[:, 0], points[:, 1], s=1, alpha=0.4, c=colour)
+            if key in ("codes", "aggregate_posterior"):
+                for radius in (1, 2, 3):
+                    ax.plot(radius * circle.cos(), radius * circle.sin(), color="0.5", linewidth=0.6)
+                ax.set(xlim=(-4, 4), ylim=(-4, 4))
+            elif key != "posterior":
+                ax.set(xlim=(-3, 3), ylim=(-3, 3))
+        row[0].set_ylabel(title, fontsize=10, fontweight="bold")
+        x, y = (float(c) for c in panel["posterior_of"])
+        row[4].set_title(f"q(z | x = ({x:.2f}, {y:.2f}))", fontsize=7)
+        for ax, name in zip(row[:4], columns):
+            ax.set_title(name, fontsize=8)
     _both_formats(fig, path)

@@ -1,6 +1,7 @@
 """Networks: the top-down generators g(z) of the paper's Table 7 (supplementary Table 1), the
 encoders that mirror them (for the encoder-based baselines), the latent hierarchy that SRI (L = 5)
-puts on top of a Table 7 generator, and LEBM's energy-based prior.
+puts on top of a Table 7 generator, LEBM's energy-based prior, and the fully connected encoder and
+decoder of the Coupled VAE's mixture-of-Gaussians experiment.
 
 The model is I = g(z) + eps, eps ~ N(0, sigma^2 I), z ~ N(0, I_d) (Sec. 3, Eq. 1).
 Images live on the [-1, 1] scale (Tanh output).
@@ -18,12 +19,14 @@ ARCHITECTURES = {
     "celeba": {"image_shape": (3, 64, 64), "latent_dim": 64},
     "mnist64": {"image_shape": (1, 64, 64), "latent_dim": 10},  # AE-OT's MNIST at 64x64 (not in Table 7)
     "celeba128": {"image_shape": (3, 128, 128), "latent_dim": 100},  # AE-OT's CelebA at 128x128 (not in Table 7)
+    "mog": {"image_shape": (2,), "latent_dim": 2},  # the Coupled VAE's 2-D mixture of 25 Gaussians (Sec. 5)
 }
 
 
 #: The architecture (Table 7 column) of each dataset.
 ARCHITECTURE_OF_DATASET = {"mnist": "mnist", "mnist5k": "mnist", "svhn": "svhn", "celeba": "celeba",
-                           "mnist64": "mnist64", "mnist5k64": "mnist64", "celeba128": "celeba128"}
+                           "mnist64": "mnist64", "mnist5k64": "mnist64", "celeba128": "celeba128",
+                           "mog25": "mog"}
 
 
 def architecture_of(dataset: str) -> str:
@@ -86,6 +89,20 @@ class DcganGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+class FullyConnected(nn.Module):
+    """The Coupled VAE's networks for 2-D data (Hao & Shafto, Sec. 5, "Mixture of Gaussians"): four fully
+    connected layers, ``width`` units, batch norm and ReLU between them, a linear output."""
+
+    def __init__(self, inputs: int, outputs: int, width: int = 256, layers: int = 4):
+        super().__init__()
+        sizes = [inputs] + [width] * (layers - 1)
+        hidden = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.BatchNorm1d(b), nn.ReLU())]
+        self.net = nn.Sequential(*hidden, nn.Linear(sizes[-1], outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
 
 
 class HierarchicalGenerator(nn.Module):
@@ -155,6 +172,8 @@ def build_generator(architecture: str, latent_dim: int, upper_latent_dims: list[
         model = DcganGenerator(latent_dim, base=32, start=4, doublings=4, channels=1)
     elif architecture == "celeba128":  # the CelebA network with one more doubling: 4x4x1024 -> 8, ..., 64, 128
         model = DcganGenerator(latent_dim, base=64, start=4, doublings=5)
+    elif architecture == "mog":
+        model = FullyConnected(latent_dim, ARCHITECTURES["mog"]["image_shape"][0])
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
     return _xavier_normal(model)
@@ -225,6 +244,8 @@ def build_encoder(architecture: str, outputs: int) -> nn.Module:
         model = DcganEncoder(outputs, base=32, start=4, doublings=4, channels=1)
     elif architecture == "celeba128":
         model = DcganEncoder(outputs, base=64, start=4, doublings=5)
+    elif architecture == "mog":
+        model = FullyConnected(ARCHITECTURES["mog"]["image_shape"][0], outputs)
     else:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
     return _xavier_normal(model)

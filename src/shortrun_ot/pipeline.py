@@ -23,7 +23,7 @@ import torch
 from . import data, layout
 from .config import method_class, stage_rng
 from .io import load_tensors, manifest_path, save_json, save_tensors, verify_manifest, write_manifest
-from .methods.base import Method, StageContext, StageRef, StateFile
+from .methods.base import EvaluationProtocol, Method, StageContext, StageRef, StateFile, TrainedModel
 from .models import architecture_of
 
 
@@ -184,6 +184,24 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
         cache = {path: state for path, state in cache.items() if path in later}
     print(f"block {first}..{last}: {time.perf_counter() - started:.1f} s", flush=True)
     return reports
+
+
+def train_in_memory(settings: dict, ctx: StageContext, protocol: EvaluationProtocol) -> tuple[TrainedModel, dict]:
+    """Every stage of iterations 0..T in this process, no file written; the model after the last iteration and
+    the training time. For small experiments whose runs take seconds (the Coupled VAE's 2-D mixture), where
+    caching each stage as a file would cost more than computing it; every state stays in memory."""
+    method = build_method(settings)
+    started = time.perf_counter()
+    states: dict[StageRef, StateFile] = {}
+    for t in range(settings["iterations"] + 1):
+        for stage in method.stages(t):
+            inputs = {role: StateFile(copy.deepcopy(states[ref])) for role, ref in method.inputs(stage, t).items()}
+            state, _ = method.run(stage, t, inputs, ctx)
+            states[StageRef(t, stage)] = StateFile(state)
+    seconds = time.perf_counter() - started
+    end = method.evaluation_points(settings["iterations"])["end"]
+    return method.trained_model({role: states[ref] for role, ref in end.items()}, ctx.device, protocol), {
+        "train_seconds": seconds}
 
 
 def training_summary(settings: dict, reports: list[dict]) -> dict:

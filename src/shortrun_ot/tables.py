@@ -14,12 +14,12 @@ DATASET_TITLE = {"mnist": "MNIST", "mnist5k": "MNIST (5k subset)", "svhn": "SVHN
 #: Row titles of run keys (as the paper names the systems); other runs keep their key.
 MODEL_TITLE = {"ours": "Ours", "abp": "ABP", "vae": "VAE", "two_stage_vae": "2sVAE", "rae": "RAE",
                "sri": "SRI", "sri5": "SRI (L=5)", "lebm": "LEBM", "aeot": "AE-OT", "cvae": "C-VAE",
-               "wae": "WAE"}
+               "wae": "WAE", "vae_nf": "VAE-NF", "infovae": "InfoVAE"}
 
 
 def paper_rows(path: str | Path, table: int) -> pd.DataFrame:
     """The paper's numbers of ``table`` from the reference CSV (columns dataset, model, metric, value, std)."""
-    reference = pd.read_csv(path, dtype={"table": str})  # 1..6: the main paper's tables; aeot-1: AE-OT's Table 1
+    reference = pd.read_csv(path, dtype={"table": str})  # 1..6: the main paper's; aeot-1: AE-OT's; cvae-1, -2: C-VAE's
     return reference[reference["table"] == str(table)].drop(columns="table")
 
 
@@ -181,3 +181,29 @@ def aeot_mnist_table(scores_files: list[str | Path], metrics_files: list[str | P
     paper = pd.DataFrame({"model": paper["model"], "source": "paper", "inception_score": paper["value"],
                           "inception_score_std": paper["std"], "dataset": paper["dataset"]})
     return pd.concat([pd.DataFrame(rows), paper], ignore_index=True)
+
+
+MIXTURE_METRICS = ("high_density_ratio", "modes_covered", "std_within_modes", "mmd")
+
+
+def mixture_table(results: list[dict], reference: str | Path) -> pd.DataFrame:
+    """The Coupled VAE's Tables 1 and 2 (Hao & Shafto): per model the mean and standard deviation over seeds
+    of the high-density ratio, the modes covered (not in the paper), the spread within modes, the MMD between
+    prior and aggregate posterior and the training time; below, the paper's numbers (its ± as printed)."""
+    frame = pd.DataFrame(results)
+    rows = []
+    for model, runs in frame.groupby("model", sort=False):
+        row = {"model": model, "source": "measured", "seeds": len(runs)}
+        for metric in (*MIXTURE_METRICS, "train_seconds"):
+            row[metric], row[f"{metric}_std"] = runs[metric].mean(), runs[metric].std(ddof=1) if len(runs) > 1 else None
+        row.update(points=int(runs["points"].iloc[0]), samples=int(runs["samples"].iloc[0]),
+                   device=runs["device"].iloc[0])
+        rows.append(row)
+    paper = pd.concat([paper_rows(reference, "cvae-1"), paper_rows(reference, "cvae-2")])
+    paper_wide = []
+    for model, values in paper.groupby("model", sort=False):
+        row = {"model": model, "source": "paper"}
+        for _, entry in values.iterrows():
+            row[entry["metric"]], row[f"{entry['metric']}_std"] = entry["value"], entry["std"]
+        paper_wide.append(row)
+    return pd.concat([pd.DataFrame(rows), pd.DataFrame(paper_wide)], ignore_index=True)

@@ -11,6 +11,7 @@ from shortrun_ot.config import (
     coerce_command_line_values,
     correction_iterations,
     dataset_id,
+    mixture_settings,
     stage_settings,
     sweep_points,
     table1_runs,
@@ -230,13 +231,23 @@ def value_pairs(files):
                     for path in ([paths] if isinstance(paths, str) else paths))
 
 
+INTERPOLATING = [name for name in ("aeot_celeba", "coupled_vae_mnist") if name in FIGURES]
+MIXTURE_MODELS = mixture_settings(config) if "coupled_vae_mixture" in FIGURES else {}
+
+
+def interpolation_spec(run):
+    """``pairs`` and ``steps`` of the first figure (figures.aeot_celeba, figures.coupled_vae_mnist) that names the run."""
+    return next(FIGURES[name] for name in INTERPOLATING if run in FIGURES[name]["runs"])
+
+
 def figure_targets():
     """Every figure and ablation table the configuration declares."""
     names = {"figure2": "figures/figure2.png", "figure3": "figures/figure3.png", "figure4": "figures/figure4.png",
              "figure5": "figures/figure5.png", "table3": "table3.csv", "table4": "table4.csv", "table5": "table5.csv",
              "table6": "table6.csv", "occlusion": "figures/occlusion.png", "chain_stability": "figures/chain_stability.png",
              "eight_gaussians": "figures/eight_gaussians.png", "aeot_mnist": "aeot_mnist.csv",
-             "aeot_celeba": "figures/aeot_celeba.png"}
+             "aeot_celeba": "figures/aeot_celeba.png", "coupled_vae_mixture": "coupled_vae_mixture.csv",
+             "coupled_vae_mnist": "figures/coupled_vae_mnist.png"}
     return [f"{RESULTS}/{names[name]}" for name in FIGURES]
 
 

@@ -360,11 +360,11 @@ if "aeot_mnist" in FIGURES:
             "> {log} 2>&1"
 
 
-if "aeot_celeba" in FIGURES:
-    AEOT_CELEBA = FIGURES["aeot_celeba"]
+if INTERPOLATING:
 
     rule interpolation:
-        """Decoded linear paths between the generative latents of pairs of prior draws (AE-OT's Fig. 5)."""
+        """Decoded linear paths between the generative latents of pairs of prior draws (AE-OT's Fig. 5, the Coupled
+        VAE's Fig. 4)."""
         input:
             config=f"{RUN}/config.json",
             data=prepared_data,
@@ -373,8 +373,8 @@ if "aeot_celeba" in FIGURES:
             f"{RUN}/figures/interpolation.pt",
         params:
             model=lambda w: roles(final_model(w.run)),
-            pairs=AEOT_CELEBA["pairs"],
-            steps=AEOT_CELEBA["steps"],
+            pairs=lambda w: interpolation_spec(w.run)["pairs"],
+            steps=lambda w: interpolation_spec(w.run)["steps"],
             batch_size=EVAL["batch_size"],
         log:
             f"{RUN}/logs/interpolation.log",
@@ -385,6 +385,10 @@ if "aeot_celeba" in FIGURES:
             "{CLI} interpolation --run {wildcards.run} --config {input.config} --data {input.data} "
             "--model {params.model} --pairs {params.pairs} --steps {params.steps} --batch-size {params.batch_size} "
             "--device cpu --out {output} > {log} 2>&1"
+
+
+if "aeot_celeba" in FIGURES:
+    AEOT_CELEBA = FIGURES["aeot_celeba"]
 
     rule samples_and_interpolations:
         """Samples side by side and interpolations, a row per run (figures.aeot_celeba: AE-OT's CelebA Figs. 4
@@ -407,3 +411,104 @@ if "aeot_celeba" in FIGURES:
         shell:
             "{CLI} aeot-celeba --grids {input.grids} --interpolations {input.interpolations} "
             "--samples-out {output.samples} --out {output.png} > {log} 2>&1"
+
+
+if "coupled_vae_mixture" in FIGURES:
+    MIXTURE = FIGURES["coupled_vae_mixture"]
+    MIXTURE_DIR = f"{RESULTS}/coupled_vae_mixture"
+
+    rule mixture_run:
+        """One model and seed of the Coupled VAE's 25-Gaussian experiment, trained in memory (a run takes seconds
+        to minutes; its stages are not cached one by one)."""
+        output:
+            json=f"{MIXTURE_DIR}/{{model}}-seed{{seed}}.json",
+            panels=f"{MIXTURE_DIR}/{{model}}-seed{{seed}}.pt",
+        wildcard_constraints:
+            model="|".join(MIXTURE_MODELS),
+            seed=r"\d+",
+        params:
+            settings=lambda w: shlex.quote(json.dumps(MIXTURE_MODELS[w.model], sort_keys=True)),
+            samples=MIXTURE["samples"],
+            points_per_mode=MIXTURE["points_per_mode"],
+        log:
+            f"{MIXTURE_DIR}/logs/{{model}}-seed{{seed}}.log",
+        threads: 1
+        resources:
+            mem_mb=3000,
+            runtime=60,
+        shell:
+            "OMP_NUM_THREADS={threads} {CLI} mixture-run --model {wildcards.model} --settings {params.settings} "
+            "--seed {wildcards.seed} --samples {params.samples} --points-per-mode {params.points_per_mode} "
+            "--device cpu --panels {output.panels} --out {output.json} > {log} 2>&1"
+
+    rule mixture_table:
+        """The Coupled VAE's Tables 1 and 2 over every model and seed, and Figs. 1 and 2 (Hao & Shafto, Sec. 5)."""
+        input:
+            results=[f"{MIXTURE_DIR}/{model}-seed{seed}.json" for model in MIXTURE_MODELS
+                     for seed in range(MIXTURE["seeds"])],
+            panels=[f"{MIXTURE_DIR}/{model}-seed0.pt" for model in MIXTURE_MODELS],
+            reference=PAPER_RESULTS,
+        output:
+            csv=report(f"{RESULTS}/coupled_vae_mixture.csv", category="Tables", caption="../report/coupled_vae_mixture.rst"),
+            markdown=f"{RESULTS}/coupled_vae_mixture.md",
+            png=report(f"{RESULTS}/figures/coupled_vae_mixture.png", category="Figures",
+                       caption="../report/coupled_vae_mixture.rst"),
+            pdf=f"{RESULTS}/figures/coupled_vae_mixture.pdf",
+        log:
+            f"{RESULTS}/logs/coupled_vae_mixture.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} mixture-table --results {input.results} --panels {input.panels} --reference {input.reference} "
+            "--csv {output.csv} --markdown {output.markdown} --out {output.png} > {log} 2>&1"
+
+
+if "coupled_vae_mnist" in FIGURES:
+    COUPLED_VAE_MNIST = FIGURES["coupled_vae_mnist"]
+
+    rule posterior:
+        """One draw z ~ q(z | I) per training image under the final model, with the digit labels."""
+        input:
+            config=f"{RUN}/config.json",
+            data=prepared_data,
+            final=f"{RUN}/final",
+        output:
+            f"{RUN}/figures/posterior.pt",
+        params:
+            model=lambda w: roles(final_model(w.run)),
+            batch_size=EVAL["batch_size"],
+        log:
+            f"{RUN}/logs/posterior.log",
+        resources:
+            mem_mb=memory(4000),
+            runtime=15,
+        shell:
+            "{CLI} posterior --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
+            "--batch-size {params.batch_size} --device cpu --out {output} > {log} 2>&1"
+
+    rule coupled_vae_mnist:
+        """Aggregate posteriors by digit (Fig. 3) and samples, reconstructions, interpolations (Fig. 4) of the
+        Coupled VAE's MNIST experiment (Hao & Shafto, Sec. 5)."""
+        input:
+            posteriors=[f"{run_dir(run)}/figures/posterior.pt" for run in COUPLED_VAE_MNIST["runs"]],
+            grids=[f"{run_dir(run)}/figures/grid.pt" for run in COUPLED_VAE_MNIST["runs"]],
+            interpolations=[f"{run_dir(run)}/figures/interpolation.pt" for run in COUPLED_VAE_MNIST["runs"]],
+        output:
+            posterior=report(f"{RESULTS}/figures/coupled_vae_mnist_posterior.png", category="Figures",
+                             caption="../report/coupled_vae_mnist.rst"),
+            posterior_pdf=f"{RESULTS}/figures/coupled_vae_mnist_posterior.pdf",
+            png=report(f"{RESULTS}/figures/coupled_vae_mnist.png", category="Figures",
+                       caption="../report/coupled_vae_mnist.rst"),
+            pdf=f"{RESULTS}/figures/coupled_vae_mnist.pdf",
+        log:
+            f"{RESULTS}/logs/coupled_vae_mnist.log",
+        localrule: True
+        resources:
+            mem_mb=2000,
+            runtime=5,
+        shell:
+            "{CLI} coupled-vae-mnist --posteriors {input.posteriors} --grids {input.grids} "
+            "--interpolations {input.interpolations} --posterior-figure {output.posterior} --out {output.png} "
+            "> {log} 2>&1"

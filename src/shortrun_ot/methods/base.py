@@ -84,6 +84,9 @@ class EvaluationProtocol:
 
     batch_size: int
     langevin_steps: int  # K of noise-initialised short-run inference (MCMC methods' encode/anomaly score)
+    # the run's training images, for a model whose posterior is defined through them (the Coupled VAE's dual
+    # variables, one per training image); None where no such method is evaluated
+    train_images: torch.Tensor | None = None
 
 
 class Method:
@@ -224,6 +227,12 @@ class TrainedModel:
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
+
+    def posterior_samples(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One draw z ~ q(z | I) per image, randomness from ``generator`` (the aggregate posterior of the
+        Coupled VAE's Figs. 1 and 3 draws one per training image); by default the code ``encode``: a
+        deterministic encoder's posterior is a point."""
+        return self.encode(images)
 
     def anomaly_scores(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

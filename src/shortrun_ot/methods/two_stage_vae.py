@@ -24,6 +24,7 @@ from ..config import ConfigError, stage_rng
 from ..learning import make_optimizer, train_epoch
 from ..models import architecture_of, build_encoder, build_generator
 from .base import AutoencoderModel, Method, StageRef, in_batches, load_optimizer_state
+from ..likelihood import gaussian_nll
 from .vae import negative_elbo
 
 
@@ -53,7 +54,10 @@ class ScaledVAE(nn.Module):
 
     def loss(self, x, noise):
         """Per-example -ELBO with the learned gamma (Dai & Wipf, Eq. 5), and its two terms."""
-        return negative_elbo(self.encoder, self.decoder, x, self.log_gamma, noise)
+        def nll(images, decoded):
+            return gaussian_nll(images, decoded, self.log_gamma)
+
+        return negative_elbo(self.encoder, self.decoder, x, nll, noise)
 
 
 def two_stage_sample(second_decoder, first_decoder, u: torch.Tensor, gamma_z: float, noise: torch.Tensor):

@@ -3,7 +3,8 @@
 Encoder q(z | I) = N(mu(I), diag exp(log_var(I))), the network of ``models.build_encoder`` mirroring
 the Table 7 generator with 2d outputs; decoder g, the Table 7 generator; likelihood
 p(I | z) = N(I; g(z), sigma^2 I) with the sigma of the short-run method (0.3), so that its
-reconstruction term is the same ||I - g(z)||^2 / (2 sigma^2) as Eq. (5); prior N(0, I).
+reconstruction term is the same ||I - g(z)||^2 / (2 sigma^2) as Eq. (5), or Bernoulli
+(``likelihood: bernoulli``, the Coupled VAE's MNIST experiment; ``shortrun_ot.likelihood``); prior N(0, I).
 The loss is the negative ELBO (Kingma & Welling, Eq. 10), with the analytic KL of their App. B
 and one reparameterised sample z = mu + exp(log_var / 2) * eps per image. One iteration is one
 epoch of Adam. Samples: g(z), z ~ N(0, I); codes: the posterior means; anomaly score: the
@@ -12,12 +13,11 @@ negative ELBO (``elbo_samples`` samples of z).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from ..config import stage_rng
 from ..learning import train_epoch
+from ..likelihood import negative_log_likelihood
 from .base import AutoencoderMethod, AutoencoderModel, StageRef
 
 
@@ -26,25 +26,23 @@ def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1)
 
 
-def gaussian_nll(images: torch.Tensor, means: torch.Tensor, log_sigma: torch.Tensor | float) -> torch.Tensor:
-    """-log N(images; means, sigma^2 I) per example, sigma = exp(log_sigma) (a float or a scalar tensor)."""
-    log_sigma = torch.as_tensor(log_sigma, dtype=images.dtype, device=images.device)
-    squared = (images - means).flatten(1).pow(2).sum(1)
-    pixels = images[0].numel()
-    return squared / (2 * torch.exp(2 * log_sigma)) + pixels * (log_sigma + 0.5 * math.log(2 * math.pi))
-
-
-def negative_elbo(encoder, decoder, images: torch.Tensor, log_sigma, noise: torch.Tensor, kl_weight: float = 1.0):
+def negative_elbo(encoder, decoder, images: torch.Tensor, nll, noise: torch.Tensor, kl_weight: float = 1.0):
     """Per-example -ELBO = E_q[-log p(I | z)] + kl_weight KL(q(z | I) || p(z)), and its two terms.
 
-    ``noise`` (S, n, d) holds S standard-normal draws per image; the expectation is their mean
-    (S = 1 in training: the reparameterisation estimator).
+    ``nll(images, decoded)`` is -log p(I | z) per example (``shortrun_ot.likelihood``); ``noise`` (S, n, d)
+    holds S standard-normal draws per image; the expectation is their mean (S = 1 in training: the
+    reparameterisation estimator).
     """
     mean, log_var = encoder(images).chunk(2, dim=1)
     z = mean + torch.exp(0.5 * log_var) * noise  # (S, n, d)
-    reconstruction = torch.stack([gaussian_nll(images, decoder(sample), log_sigma) for sample in z]).mean(0)
+    reconstruction = torch.stack([nll(images, decoder(sample)) for sample in z]).mean(0)
     kl = gaussian_kl(mean, log_var)
     return reconstruction + kl_weight * kl, reconstruction, kl
+
+
+def run_likelihood(settings: dict):
+    """The run's -log p(I | z) as a function of (images, decodings), per example."""
+    return lambda images, decoded: negative_log_likelihood(images, decoded, settings)
 
 
 class VAE(AutoencoderMethod):
@@ -67,8 +65,8 @@ class VAE(AutoencoderMethod):
 
         def batch_loss(images):
             noise = torch.randn((1, len(images), d), generator=noise_rng).to(images.device)
-            loss, reconstruction, kl = negative_elbo(encoder, decoder, images, math.log(self.settings["sigma"]),
-                                                     noise, self.settings["kl_weight"])
+            loss, reconstruction, kl = negative_elbo(encoder, decoder, images, run_likelihood(self.settings), noise,
+                                                     self.settings["kl_weight"])
             return loss.mean(), {"reconstruction": reconstruction.mean(), "kl": kl.mean()}
 
         report = train_epoch(torch.nn.ModuleList([encoder, decoder]), optimizer, ctx.images, batch_loss,
@@ -87,6 +85,11 @@ class VAE(AutoencoderMethod):
 class VAEModel(AutoencoderModel):
     """Codes: posterior means; samples: g(z), z ~ N(0, I); anomaly score: the negative ELBO."""
 
+    def posterior_samples(self, images, generator):
+        """z = mean + exp(log_var / 2) * noise, one standard-normal draw per image."""
+        mean, log_var = self.encoder_outputs(images).chunk(2, dim=1)
+        return mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator)
+
     def anomaly_scores(self, images):
         samples, d, batch = self.settings["elbo_samples"], self.latent_dim, self.protocol.batch_size
         rng = stage_rng(self.settings["seed"], 0, "anomaly-elbo")
@@ -95,7 +98,7 @@ class VAEModel(AutoencoderModel):
             for lo in range(0, len(images), batch):
                 chunk = images[lo:lo + batch].to(self.device)
                 noise = torch.randn((samples, len(chunk), d), generator=rng).to(self.device)
-                loss, _, _ = negative_elbo(self.encoder, self.decoder, chunk, math.log(self.settings["sigma"]), noise,
+                loss, _, _ = negative_elbo(self.encoder, self.decoder, chunk, run_likelihood(self.settings), noise,
                                            self.settings["kl_weight"])
                 scores.append(loss.cpu())
         return torch.cat(scores)

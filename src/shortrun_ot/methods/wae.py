@@ -14,7 +14,8 @@ with P_Z = N(0, I) and the divergence between the codes' distribution Q_Z and P_
   kernel k(x, y) = C / (C + ||x - y||^2), C = 2 d s for s in (.1, .2, .5, 1, 2, 5, 10), summed.
 
 Units as their code's: the cost is 0.05 * sum of squared pixel differences on the [0, 1] scale
-(their ``l2sq``), i.e. 0.05 / 4 of this project's [-1, 1] scale. The defaults (params.yaml) are their
+(their ``l2sq``), i.e. 0.05 / 4 of this project's [-1, 1] scale (``cost_weight``, default 0.0125; the
+Coupled VAE's 2-D experiment sets 1, the plain squared distance). The defaults (params.yaml) are their
 MNIST configuration (``configs.py``, written for WAE-MMD: lambda = 10, Adam with beta1 = 0.5, learning
 rates 1e-3 and 5e-4 for the adversary, batch 100), carried over to WAE-GAN; the learning rates are
 divided by 2 after epoch 30, by 10 after 50 and by 100 after 100 (their "manual" schedule).
@@ -31,13 +32,14 @@ from torch import nn
 from ..learning import make_optimizer, train_epoch
 from .base import AutoencoderMethod, AutoencoderModel, StageRef, load_optimizer_state
 
-COST_WEIGHT = 0.05  # their l2sq cost: 0.05 * ||x - y||^2 on the [0, 1] scale
+IMAGE_COST_WEIGHT = 0.05 / 4  # their l2sq cost, 0.05 ||x - y||^2 on the [0, 1] scale, on the [-1, 1] scale
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
-def quadratic_cost(images: torch.Tensor, reconstructions: torch.Tensor) -> torch.Tensor:
-    """Their c(x, y) = 0.05 ||x - y||^2 on the [0, 1] scale, from images on the [-1, 1] scale; batch mean."""
-    return COST_WEIGHT * ((images - reconstructions) / 2).flatten(1).pow(2).sum(1).mean()
+def quadratic_cost(images: torch.Tensor, reconstructions: torch.Tensor, weight: float = IMAGE_COST_WEIGHT) -> torch.Tensor:
+    """c(x, y) = weight ||x - y||^2, batch mean; the default weight is their 0.05 on the [0, 1] scale for images
+    on the [-1, 1] scale (the ``cost_weight`` setting: 1 for the Coupled VAE's 2-D points)."""
+    return weight * (images - reconstructions).flatten(1).pow(2).sum(1).mean()
 
 
 def imq_mmd(codes: torch.Tensor, prior: torch.Tensor, scales=IMQ_SCALES) -> torch.Tensor:
@@ -140,7 +142,7 @@ class WAE(AutoencoderMethod):
         def batch_loss(images):
             codes = encoder(images)
             last_codes["batch"] = codes.detach()  # the adversary's step sees the codes of this batch
-            cost = quadratic_cost(images, decoder(codes))
+            cost = quadratic_cost(images, decoder(codes), s.get("cost_weight", IMAGE_COST_WEIGHT))
             penalty = gan_penalty(adversary, codes) if gan else imq_mmd(codes, prior_like(codes))
             return cost + s["penalty_weight"] * penalty, {"cost": cost, "penalty": penalty}
 
