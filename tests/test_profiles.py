@@ -77,10 +77,17 @@ def test_profile_files_leave_resources_to_the_rules(profile):
     assert not defaults & (RESOURCE_KEYS - {"slurm_partition", "slurm_account"})
 
 
+def site_settings() -> list[str]:
+    """README's site settings ("Running on a cluster"): a partition for every job, the GPU rules on a GPU
+    partition with a GPU type."""
+    gpu = [f"{rule}:{key}" for rule in sorted(GPU_RULES) for key in ("slurm_partition=gpu", "gpu_model=a100")]
+    return ["--default-resources", "slurm_partition=cpu", "--set-resources", *gpu]
+
+
 def test_slurm_profile_dry_run_gives_every_rule_resources(tmp_path):
     config = cluster_config(tmp_path)
-    output = run_snakemake(*every_rule_targets(tmp_path), "-n", "--profile", "workflow/profiles/slurm",
-                           "--configfile", str(config))
+    output = run_snakemake("-n", "--profile", "workflow/profiles/slurm", *site_settings(), "--configfile", str(config),
+                           "--", *every_rule_targets(tmp_path))
     assert "Using profile workflow/profiles/slurm" in output
     jobs = job_resources(output)
     assert set(jobs) == workflow_rules() | {"all"}, "every rule of the workflow appears in the dry run"
@@ -89,6 +96,8 @@ def test_slurm_profile_dry_run_gives_every_rule_resources(tmp_path):
         for job in resources:
             assert int(job["mem_mb"]) > 0 and int(job["runtime"]) > 0, (rule, job)
             assert int(job.get("gpu", 0)) == (1 if rule in GPU_RULES else 0), (rule, job)
+            assert (job["slurm_partition"], job.get("gpu_model")) == (("gpu", "a100") if rule in GPU_RULES
+                                                                      else ("cpu", None)), (rule, job)
     assert not (tmp_path / "results").exists(), "a dry run writes nothing"
 
 
