@@ -86,3 +86,18 @@ def test_conversion_rejects_a_different_network(tmp_path):
     with pytest.raises(ValueError, match="conv layers"):
         convert_fid_helper_weights(tmp_path / "other.pt", tmp_path / "out.pth")
     assert not (tmp_path / "out.pth").exists()
+
+
+def test_the_pool3_wrapper_is_pytorch_fids_inceptionv3_around_the_same_network(monkeypatch):
+    """FIDInceptionPool3 builds pytorch-fid's four blocks around a given network; pytorch-fid's own constructor
+    (made to use that network instead of downloading one) gives the same parameters and the same features."""
+    torch.manual_seed(1)
+    net = inception.fid_inception_architecture().eval()
+    ours = inception.FIDInceptionPool3(net).eval()
+    monkeypatch.setattr(pfi, "fid_inception_v3", lambda: net)  # the reference only; production code patches nothing
+    reference = pfi.InceptionV3([inception.POOL3_BLOCK]).eval()
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    assert not any(p.requires_grad for p in ours.parameters())
+    images = torch.rand(2, 3, 40, 40)
+    with torch.no_grad():
+        assert torch.equal(ours(images)[0], reference(images)[0])

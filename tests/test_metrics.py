@@ -2,6 +2,7 @@ import inspect
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from sklearn.metrics import auc, precision_recall_curve
 
@@ -121,25 +122,27 @@ def test_auprc_rejects_bad_input(scores, labels):
         auprc(scores, labels)
 
 
-def test_frechet_distance_runs_where_scipy_dropped_sqrtm_disp(monkeypatch):
-    """SciPy >= 1.18 has no sqrtm(disp=...); pytorch-fid 0.3.0 passes it. Same number either way."""
-    import scipy.linalg
+@pytest.mark.skipif("disp" not in inspect.signature(scipy.linalg.sqrtm).parameters,
+                    reason="this SciPy has no sqrtm(disp=...), which pytorch-fid 0.3.0 passes")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frechet_distance_equals_pytorch_fids_on_the_same_statistics(seed):
+    from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from shortrun_ot import metrics
-
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     a, b = rng.normal(size=(200, 6)), rng.normal(loc=0.3, size=(200, 6)) @ rng.normal(size=(6, 6))
     mu1, sigma1 = feature_statistics(a)
     mu2, sigma2 = feature_statistics(b)
-    expected = frechet_distance(mu1, sigma1, mu2, sigma2)
-    original = scipy.linalg.sqrtm
+    assert frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(
+        float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), rel=1e-12)
 
-    def sqrtm_without_disp(matrix):  # the newer signature
-        return original(matrix) if "disp" not in inspect.signature(original).parameters else original(matrix, disp=True)
 
-    monkeypatch.setattr(scipy.linalg, "sqrtm", sqrtm_without_disp)
-    assert "disp" not in inspect.signature(scipy.linalg.sqrtm).parameters
-    assert metrics.frechet_distance(mu1, sigma1, mu2, sigma2) == pytest.approx(expected, rel=1e-10)
+def test_frechet_distance_retries_a_rootless_product_with_pytorch_fids_offset():
+    """sqrtm of the nilpotent [[0, 1], [0, 0]] is not finite; with 1e-6 on the diagonals its root has trace
+    2e-3, so the distance is 0 + tr(A) + tr(I) - 2 * 2e-3 = 0 + 0 + 2 - 0.004 (pytorch-fid's value too)."""
+    nilpotent = np.array([[0.0, 1.0], [0.0, 0.0]])
+    assert frechet_distance(np.zeros(2), nilpotent, np.zeros(2), np.eye(2)) == pytest.approx(2 - 4e-3, rel=1e-6)
+    with pytest.raises(ValueError, match="dimension"):
+        frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
 
 
 def test_latent_frechet_distance_of_prior_samples_is_near_its_sampling_floor():

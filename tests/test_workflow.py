@@ -17,10 +17,22 @@ def run_files(results, run, t):
     return sorted((results / "runs" / run / f"it{t:04d}").glob("*.*"))
 
 
-def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path):
+def api_example() -> str:
+    """The Python block of docs/api.md."""
+    text = (REPO / "docs" / "api.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path, capsys):
     config = tiny_config(tmp_path)
     snakemake("--configfile", "config/quick.yaml", str(config))
     results = tmp_path / "results"
+    # docs/api.md's example, on this run: the final model, its samples, reconstructions and anomaly scores
+    example = api_example()
+    assert '"results/quick/runs/ours"' in example and '"data/prepared"' in example
+    exec(example.replace('"results/quick/runs/ours"', repr(str(results / "runs" / "ours")))
+         .replace('"data/prepared"', repr(str(tmp_path / "prepared"))), {})
+    assert capsys.readouterr().out.strip() == "torch.Size([16, 1, 28, 28]) torch.Size([4, 1, 28, 28]) torch.Size([4])"
     for run in ("ours", "abp"):
         assert (results / "runs" / run / "final" / "model.pt").is_file()
         assert (results / "runs" / run / "figures" / "grid.png").is_file()
@@ -157,3 +169,24 @@ def test_a_method_defined_outside_the_package_runs_through_the_unchanged_workflo
     assert (row.model, row.method) == ("toy", "toy_methods.mean_image") and row.fid > 0
     rules = {path.name: path.read_text() for path in (REPO / "workflow" / "rules").glob("*.smk")}
     assert not any("mean_image" in text for text in rules.values())
+
+
+PRODUCTS = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv", "table4": "table4.csv",
+            "table5": "table5.csv", "table6": "table6.csv", "figure2": "figures/figure2.png",
+            "figure3": "figures/figure3.png", "figure4": "figures/figure4.png", "figure5": "figures/figure5.png",
+            "occlusion": "figures/occlusion.png"}
+
+
+def test_the_main_products_have_short_rule_names_that_build_their_files():
+    """`snakemake table2` builds results/quick/table2.csv: each README name is a target of its product's file
+    (a dry run of the quick configuration lists the job that writes it)."""
+    result = snakemake("-n", "--configfile", "config/quick.yaml", "--", *PRODUCTS, "figures")
+    for name, path in PRODUCTS.items():
+        assert f"results/quick/{path}" in result.stdout, name
+
+
+def test_loading_a_folder_without_a_finished_run_says_what_to_do(tmp_path):
+    from shortrun_ot.api import load_run
+
+    with pytest.raises(FileNotFoundError, match="holds no finished run"):
+        load_run(tmp_path)

@@ -378,7 +378,7 @@ def cmd_posterior(args):
                   "mmd": aggregate_posterior_mmd(latents, settings["seed"])}, args.out)
 
 
-def cmd_coupled_vae_mnist(args):
+def cmd_posteriors_and_samples(args):
     """The Coupled VAE's MNIST experiment: Fig. 3 (aggregate posteriors by digit) and Fig. 4 (samples,
     reconstructions and interpolations per model)."""
     from .figures import image_rows_figure, latent_comparison_figure
@@ -714,7 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", required=True)
     p.add_argument("--out", required=True, help="PNG; a PDF is written beside it")
 
-    p = command("coupled-vae-mnist", cmd_coupled_vae_mnist, "the Coupled VAE's MNIST Figs. 3 and 4",
+    p = command("posteriors-and-samples", cmd_posteriors_and_samples,
+                "aggregate posteriors by digit; samples, reconstructions, interpolations (the Coupled VAE's Figs. 3, 4)",
                 config=False, data=False)
     p.add_argument("--posteriors", nargs="+", required=True, help="each run's posterior.pt")
     p.add_argument("--grids", nargs="+", required=True, help="each run's grid.pt, same order")

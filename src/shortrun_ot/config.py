@@ -11,6 +11,7 @@ the anomaly protocol derive further runs from those.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib
 from pathlib import Path
@@ -31,9 +32,21 @@ class ConfigError(ValueError):
     """A configuration value is missing, misspelt or out of range."""
 
 
-def load_schema() -> dict:
-    with open(SCHEMA_PATH) as f:
+@functools.lru_cache(maxsize=None)
+def _read_yaml(path: Path, modified: int) -> dict:
+    """A YAML file's content, parsed once per version (``modified``: its mtime in ns): a Snakemake start-up
+    validates hundreds of runs against the same schemas (parsing them each time cost it 4 s)."""
+    with open(path) as f:
         return yaml.safe_load(f)
+
+
+def _schema_file(path: Path) -> dict:
+    """A copy of the parsed schema ``path`` (callers may change what they get)."""
+    return copy.deepcopy(_read_yaml(path, path.stat().st_mtime_ns))
+
+
+def load_schema() -> dict:
+    return _schema_file(Path(SCHEMA_PATH))
 
 
 # ---------------------------------------------------------------- methods and their schemas
@@ -66,8 +79,7 @@ def method_schema(name: str) -> dict:
     path = Path(method_module(name).__file__).with_suffix(".schema.yaml")
     if not path.is_file():
         raise ConfigError(f"method {name!r} has no settings schema {path}")
-    with open(path) as f:
-        return yaml.safe_load(f)
+    return _schema_file(path)
 
 
 def _complete(schema: dict) -> dict:

@@ -13,9 +13,9 @@ import importlib.util
 import os
 import warnings
 from pathlib import Path
-from unittest import mock
 
 import torch
+from torch import nn
 import pytorch_fid.inception as pfi
 from pytorch_fid.inception import InceptionV3
 
@@ -91,14 +91,34 @@ def convert_fid_helper_weights(torchscript_path: str | os.PathLike, out_path: st
     return save_tensors(state, out_path)
 
 
+class FIDInceptionPool3(InceptionV3):
+    """pytorch-fid's ``InceptionV3([3])`` (pool3 features; its own ``forward``: resize to 299 x 299, scale to
+    [-1, 1], the four blocks) around a given FID Inception network, so that nothing is downloaded: pytorch-fid's
+    constructor always builds (and fetches the weights of) its own network."""
+
+    def __init__(self, inception: nn.Module):
+        nn.Module.__init__(self)
+        self.resize_input, self.normalize_input = True, True
+        self.output_blocks, self.last_needed_block = [POOL3_BLOCK], POOL3_BLOCK
+        self.blocks = nn.ModuleList([  # pytorch-fid's four blocks, layer for layer
+            nn.Sequential(inception.Conv2d_1a_3x3, inception.Conv2d_2a_3x3, inception.Conv2d_2b_3x3,
+                          nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(inception.Conv2d_3b_1x1, inception.Conv2d_4a_3x3, nn.MaxPool2d(kernel_size=3, stride=2)),
+            nn.Sequential(*(getattr(inception, name) for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a",
+                                                                   "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"))),
+            nn.Sequential(inception.Mixed_7a, inception.Mixed_7b, inception.Mixed_7c,
+                          nn.AdaptiveAvgPool2d(output_size=(1, 1))),
+        ])
+        self.requires_grad_(False)
+
+
 def _inception_from_state_dict(state: dict) -> InceptionV3:
     """pytorch-fid's ``InceptionV3([3])`` with the given FID Inception weights."""
     net = fid_inception_architecture()
     missing, unexpected = net.load_state_dict(state, strict=False)
     if unexpected or set(missing) - _UNUSED_KEYS:
         raise ValueError(f"not FID Inception weights: missing {missing}, unexpected {unexpected}")
-    with mock.patch.object(pfi, "fid_inception_v3", lambda: net):
-        return InceptionV3([POOL3_BLOCK])
+    return FIDInceptionPool3(net)
 
 
 def cached_weights_path() -> Path:

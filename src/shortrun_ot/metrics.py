@@ -3,18 +3,13 @@ the Gaussian-kernel MMD between two samples."""
 
 from __future__ import annotations
 
-import inspect
 import numbers
 import os
 from pathlib import Path
-from types import SimpleNamespace
-from unittest import mock
 
 import numpy as np
-import pytorch_fid.fid_score
 import scipy.linalg
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 from sklearn.metrics import auc, precision_recall_curve
 from tqdm import tqdm
 
@@ -61,26 +56,33 @@ def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, in
         return data["mu"], data["sigma"], int(data["n"])
 
 
-def _sqrtm_with_disp(matrix: np.ndarray, disp: bool = True):
-    """``scipy.linalg.sqrtm`` as pytorch-fid 0.3.0 calls it (``disp=False`` returns a pair).
-
-    SciPy 1.18 removed ``disp``; pytorch-fid 0.3.0 still passes it (seen on the GPU machine).
-    """
-    root = scipy.linalg.sqrtm(matrix)
-    return root if disp else (root, None)
+#: pytorch-fid's offset for a singular product of covariances
+SQRTM_OFFSET = 1e-6
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians: pytorch-fid's ``calculate_frechet_distance``, run as is.
-
-    Where SciPy no longer accepts ``sqrtm(..., disp=False)``, its ``linalg`` is given a
-    ``sqrtm`` that does (:func:`_sqrtm_with_disp`) for the duration of the call.
-    """
-    if "disp" in inspect.signature(scipy.linalg.sqrtm).parameters:
-        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
-    linalg = SimpleNamespace(sqrtm=_sqrtm_with_disp)
-    with mock.patch.object(pytorch_fid.fid_score, "linalg", linalg):
-        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Dowson & Landau 1982),
+    ||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), computed as pytorch-fid's
+    ``calculate_frechet_distance`` computes it (tested equal): ``scipy.linalg.sqrtm`` of the product, retried
+    with 1e-6 added to both diagonals where it is not finite; an imaginary part above 1e-3 on its diagonal is
+    an error, a smaller one is dropped. Written out because pytorch-fid 0.3.0 calls ``sqrtm(..., disp=False)``,
+    which SciPy 1.18 removed."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"the two Gaussians differ in dimension: means {mu1.shape} and {mu2.shape}, covariances "
+                         f"{sigma1.shape} and {sigma2.shape}")
+    root = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(root).all():
+        offset = np.eye(len(sigma1)) * SQRTM_OFFSET
+        root = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise ValueError(f"the square root of the covariance product has an imaginary component "
+                             f"{np.abs(root.imag).max():.3g}")
+        root = root.real
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(root))
 
 
 def latent_frechet_distance(latents: torch.Tensor) -> float:

@@ -261,6 +261,24 @@ if ABLATIONS:
             "{CLI} ablation-table --table {params.number} --key {params.key} --metrics {params.metrics} "
             "--reference {input.reference} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
+    rule table3:
+        """Table 3 by name: `snakemake table3` (the file target carries the configuration's results folder)."""
+        input:
+            f"{RESULTS}/table3.csv",
+        localrule: True
+
+    rule table5:
+        """Table 5 by name: `snakemake table5`."""
+        input:
+            f"{RESULTS}/table5.csv",
+        localrule: True
+
+    rule table6:
+        """Table 6 by name: `snakemake table6`."""
+        input:
+            f"{RESULTS}/table6.csv",
+        localrule: True
+
 
 if "eight_gaussians" in FIGURES:
 
@@ -488,7 +506,7 @@ if "coupled_vae_mnist" in FIGURES:
             "{CLI} posterior --run {wildcards.run} --config {input.config} --data {input.data} --model {params.model} "
             "--batch-size {params.batch_size} --device cpu --out {output} > {log} 2>&1"
 
-    rule coupled_vae_mnist:
+    rule posteriors_and_samples:
         """Aggregate posteriors by digit (Fig. 3) and samples, reconstructions, interpolations (Fig. 4) of the
         Coupled VAE's MNIST experiment (Hao & Shafto, Sec. 5)."""
         input:
@@ -509,6 +527,6 @@ if "coupled_vae_mnist" in FIGURES:
             mem_mb=2000,
             runtime=5,
         shell:
-            "{CLI} coupled-vae-mnist --posteriors {input.posteriors} --grids {input.grids} "
+            "{CLI} posteriors-and-samples --posteriors {input.posteriors} --grids {input.grids} "
             "--interpolations {input.interpolations} --posterior-figure {output.posterior} --out {output.png} "
             "> {log} 2>&1"
