@@ -299,7 +299,7 @@ def cmd_figure3(args):
     from .io import load_tensors
 
     _one_file_per_run(args, "latents", "metrics")
-    panels = {}
+    panels, costs = {}, {}
     for (title, metrics), path in zip(_titled_runs(args.metrics), args.latents):
         population = load_tensors(path, "latents")
         if population["latents"].shape[1] != 2:
@@ -307,8 +307,9 @@ def cmd_figure3(args):
                              "dimensions; give the run latent_dim: 2")
         panels[title] = {**population, "note": f"OT cost to the prior {metrics['ot_cost']:.3f}\n(two prior samples: "
                                                f"{metrics['ot_cost_prior_floor']:.3f})"}
-        print(f"{title}: OT cost {metrics['ot_cost']:.4f}")
+        costs[title] = round(metrics["ot_cost"], 4)
     latent_comparison_figure(panels, args.out)
+    print(json.dumps(costs))
 
 
 def cmd_eight_gaussians(args):
