@@ -73,15 +73,15 @@ def pairwise_negative_log_likelihood(images: torch.Tensor, decoded: torch.Tensor
         sigma = settings["sigma"]
         constant = pixels * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
         per_image, per_decoding = x.pow(2).sum(1) / (2 * sigma**2) + constant, g.pow(2).sum(1) / (2 * sigma**2)
-        weights, features, scale = x, g, -1 / sigma**2
+        weights, features, scale, floor = x, g, -1 / sigma**2, constant
     else:
         # -sum_k [x_k log p_k + (1 - x_k) log(1 - p_k)] = -<x, log p - log(1 - p)> - sum_k log(1 - p_k)
         x, p = (x + 1) / 2, bernoulli_probabilities(g)
         log_q = (1 - p).log()
         per_image, per_decoding = torch.zeros(len(x), dtype=x.dtype, device=x.device), -log_q.sum(1)
-        weights, features, scale = x, p.log() - log_q, -1.0
+        weights, features, scale, floor = x, p.log() - log_q, -1.0, None
     if rows == "images":
         costs = torch.addmm(per_image[:, None] + per_decoding[None, :], weights, features.T, alpha=scale)
     else:
         costs = torch.addmm(per_decoding[:, None] + per_image[None, :], features, weights.T, alpha=scale)
-    return costs.clamp_min(constant) if likelihood_name(settings) == "gaussian" else costs
+    return costs if floor is None else costs.clamp_min(floor)

@@ -156,7 +156,8 @@ class CoupledVAE(Method):
                              "training images; delete the run's folder and rerun")
         u = model["u"].clone().to(ctx.device).requires_grad_(True)
         optimizer, dual_optimizer = self.optimizers(decoder, u)
-        load_optimizer_state(optimizer, model), load_optimizer_state(dual_optimizer, model, key="dual_optimizer")
+        load_optimizer_state(optimizer, model)
+        load_optimizer_state(dual_optimizer, model, key="dual_optimizer")
         images, epsilon, m, d = ctx.images.to(ctx.device), s["epsilon"], s["batch_size"], s["latent_dim"]
         prior = self.rng(t, "prior")
 
