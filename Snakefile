@@ -3,6 +3,9 @@
 
 configfile: "params.yaml"
 
+# the landing page of `snakemake --report` (docs/report.md)
+report: "workflow/report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

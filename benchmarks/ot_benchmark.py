@@ -12,12 +12,16 @@ and runs, in the same process:
 - ``pot-emd``: ``ot.emd`` (network simplex, exact);
 - ``pot-sinkhorn``: ``ot.sinkhorn`` (reg = 0.05 x mean cost) rounded greedily to a permutation.
 
+``--run-off F`` moves a fraction F of the sources out to norm ``--run-off-norm`` (100), where chains that
+ran off leave their latents (an untrained generator): the solver's worst case (docs/performance.md).
+
 It prints one table and, with ``--json``, writes the rows and the machine
 description. ``cost/lb`` divides by the certified lower bound of ``assign`` for
 every method. Examples::
 
     python benchmarks/ot_benchmark.py --no-exact-above 10000 --json benchmarks/results/ot_cpu.json
     python benchmarks/ot_benchmark.py --device cuda --dim 64 --json benchmarks/results/ot_gpu.json
+    python benchmarks/ot_benchmark.py --sizes 10000 20000 --run-off 0.03 --no-exact-above 0 --no-pot-above 0
 """
 
 from __future__ import annotations
@@ -61,6 +65,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-exact-above", type=int, default=5000, help="skip linear_sum_assignment above this n")
     parser.add_argument("--no-pot-above", type=int, default=5000, help="skip ot.emd and ot.sinkhorn above this n")
+    parser.add_argument("--run-off", type=float, default=0.0, help="fraction of the sources moved out to norm "
+                        "--run-off-norm, as the latents of chains that ran off")
+    parser.add_argument("--run-off-norm", type=float, default=100.0)
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
 
@@ -72,6 +79,8 @@ def main() -> None:
         generator = torch.Generator().manual_seed(args.seed + n)
         source = 0.5 + 0.7 * torch.randn(n, args.dim, generator=generator)
         target = torch.randn(n, args.dim, generator=generator)
+        far = torch.randperm(n, generator=generator)[: int(args.run_off * n)]
+        source[far] *= args.run_off_norm / source[far].norm(dim=1, keepdim=True)
         rows += _benchmark_size(source, target, device, args)
         print(f"n = {n} done", file=sys.stderr, flush=True)
     print_table(rows, COLUMNS)

@@ -110,6 +110,7 @@ def test_mode_coverage_counts_points_near_each_mode():
                                                          "points_per_mode": [1, 0, 0, 0, 0, 0, 0, 0]}
 
 
+@pytest.mark.slow
 def test_interpolation_runs_between_the_mapped_codes_of_prior_draws(tmp_path):
     """AE-OT's Fig. 5: each path starts and ends at Dec(z + grad D(z)) of two prior draws, the images that
     sampling gives; the steps between decode the linear interpolation of the two mapped codes."""

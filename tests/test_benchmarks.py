@@ -22,6 +22,7 @@ def mnist_generator_forward_flops(latent_dim=30):
     return linear1 + linear2 + deconv1 + deconv2
 
 
+@pytest.mark.slow
 def test_stage_benchmark_runs_at_tiny_size_and_counts_flops_by_hand(tmp_path):
     data = tmp_path / "mnist5k.pt"
     subprocess.run([sys.executable, "-m", "shortrun_ot", "prepare", "--dataset", "mnist5k", "--raw-root",

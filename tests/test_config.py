@@ -220,6 +220,7 @@ SNAKEMAKE_BAD = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(SNAKEMAKE_BAD))
 def test_snakemake_rejects_bad_configuration_before_any_job(tmp_path, case):
     overlay, key = SNAKEMAKE_BAD[case]
@@ -270,6 +271,7 @@ def test_command_line_strings_of_the_wrong_type_are_still_rejected(value):
         validate_config(config)
 
 
+@pytest.mark.slow
 def test_snakemake_accepts_nested_command_line_values(tmp_path):
     overlay = tmp_path / "results.yaml"
     overlay.write_text(yaml.safe_dump({"results": str(tmp_path / "results")}))

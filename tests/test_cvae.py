@@ -60,6 +60,7 @@ def test_ascent_on_u_solves_the_discrete_entropic_problem_as_pots_sinkhorn():
     np.testing.assert_allclose(coupling(u, costs, eps).T.numpy() / m, plan, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_as_epsilon_goes_to_zero_the_coupling_becomes_the_optimal_assignment():
     """n draws, n images: the entropic plan concentrates on scipy's optimal assignment (each draw coupled to
     one image, each image to one draw), not on each draw's cheapest image."""

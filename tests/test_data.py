@@ -301,6 +301,7 @@ def test_pixel_scales():
         data.to_unit_scale(images)
 
 
+@pytest.mark.slow
 def test_resized_dataset_keeps_labels_and_scales_the_picture():
     """mnist5k64 (AE-OT's MNIST at 64x64): the same digits and labels as mnist5k, each image resized bilinearly."""
     from shortrun_ot.data import load_raw, resized

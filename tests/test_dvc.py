@@ -72,6 +72,7 @@ def stages(root: Path) -> dict:
 
 # --- dvc.yaml is generated from the Snakemake configuration it reproduces ---------------------
 
+@pytest.mark.slow
 def test_dvc_yaml_is_what_the_configuration_generates():
     assert (REPO / "dvc.yaml").read_text() == generate(CONFIG_FILE), (
         "dvc.yaml is stale: run `shortrun-ot dvc-yaml --configfile config/quick.yaml`")
@@ -174,6 +175,7 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+@pytest.mark.slow
 def test_repro_dry_status_and_a_change_of_one_methods_setting(scratch):
     assert set(stages(scratch)) == set(DVC_YAML["stages"])
     fill_outputs(scratch)

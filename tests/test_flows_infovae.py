@@ -54,6 +54,7 @@ def test_gaussian_kernel_mmd_equals_a_hand_computation():
     assert float(one) == pytest.approx(xx + yy - 2 * xy, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_gaussian_kernel_mmd_is_zero_in_expectation_for_one_distribution_and_positive_for_a_shift():
     generator = torch.Generator().manual_seed(0)
     same = [float(gaussian_kernel_mmd(torch.randn(200, 3, generator=generator),
@@ -318,6 +319,7 @@ def train_through_stages(settings, images, tmp_path):
     return method, reports, state, new
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vae_nf", "infovae"])
 def test_training_on_the_mixture_lowers_the_loss_and_the_state_round_trips(method, tmp_path):
     settings = mog_settings(method, **({"lambda": 2.0} if method == "infovae" else {}))  # fn. 3: lambda 2 here
@@ -365,6 +367,7 @@ def test_vae_nf_codes_and_posterior_samples_are_the_flows_of_the_vae_s():
         torch.testing.assert_close(model.encode(images), vae.encode(images))
 
 
+@pytest.mark.slow
 def test_infovae_with_alpha_0_and_lambda_1_trains_the_vae_bit_for_bit(tmp_path):
     images = mog_points(4)
     info = mog_settings("infovae", alpha=0.0, **{"lambda": 1.0}, iterations=2, batch_size=20)

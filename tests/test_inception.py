@@ -2,6 +2,7 @@ import os
 import socket
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import pytorch_fid.inception as pfi
@@ -36,6 +37,7 @@ def converted(tmp_path_factory):
     return convert_fid_helper_weights(TORCHSCRIPT, tmp_path_factory.mktemp("weights") / WEIGHTS_NAME)
 
 
+@pytest.mark.slow
 def test_converted_inception_reproduces_torchscript_pool3(converted):
     model = load_fid_inception(weights=converted)
     with warnings.catch_warnings():
@@ -53,6 +55,24 @@ def test_converted_inception_reproduces_torchscript_pool3(converted):
     assert (features[0] - features[1]).norm() > 1e-2 * features[0].norm()  # the features depend on the image
 
 
+@pytest.mark.slow
+def test_bfloat16_inception_is_close_to_float32_but_not_equal(converted):
+    """bfloat16 autocast changes the arithmetic (so the features differ), by about bfloat16's rounding (2^-8
+    relative per operation, averaged over 2048 pooled features), and returns float32 features."""
+    torch.manual_seed(1)
+    images = torch.rand(3, 1, 28, 28)
+    exact = inception_features(images, load_fid_inception(weights=converted))
+    model = load_fid_inception(weights=converted, precision="bfloat16")
+    with torch.no_grad():
+        assert model(images.expand(-1, 3, -1, -1))[0].dtype == torch.float32
+    fast = inception_features(images, model)
+    relative_error = np.linalg.norm(fast - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert 1e-4 < relative_error.min() and relative_error.max() < 0.05
+    with pytest.raises(ValueError, match="expected one of float32, bfloat16"):
+        load_fid_inception(weights=converted, precision="float16")
+
+
+@pytest.mark.slow
 @needs_fid_helper
 def test_offline_load_converts_once_and_caches(offline, monkeypatch):
     model = load_fid_inception()
@@ -88,6 +108,7 @@ def test_conversion_rejects_a_different_network(tmp_path):
     assert not (tmp_path / "out.pth").exists()
 
 
+@pytest.mark.slow
 def test_the_pool3_wrapper_is_pytorch_fids_inceptionv3_around_the_same_network(monkeypatch):
     """FIDInceptionPool3 builds pytorch-fid's four blocks around a given network; pytorch-fid's own constructor
     (made to use that network instead of downloading one) gives the same parameters and the same features."""

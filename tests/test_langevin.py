@@ -42,6 +42,7 @@ def test_gradient_is_per_example_not_batch_averaged():
     torch.testing.assert_close(batch[:1], alone)
 
 
+@pytest.mark.slow
 def test_long_run_reaches_the_gaussian_posterior():
     """Linear-Gaussian model: p(z|I) = N(Sigma W^T (I - b) / sigma^2, Sigma), Sigma = (W^T W / sigma^2 + I)^-1."""
     torch.manual_seed(2)

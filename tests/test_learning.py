@@ -14,6 +14,7 @@ def test_reconstruction_loss_by_hand():
     assert reconstruction_loss(g, z, images, sigma=0.5).item() == pytest.approx(3.0)
 
 
+@pytest.mark.slow
 def test_learning_fits_a_linear_generator_to_known_latents():
     torch.manual_seed(0)
     true = torch.nn.Linear(3, 8)

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -47,6 +48,7 @@ def test_sri_starts_every_inference_from_fresh_noise_and_never_reads_earlier_lat
     torch.testing.assert_close(z["latents"], by_hand, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_lebm_with_a_zero_energy_is_exactly_sri():
     """f = 0 (last layer zero) leaves the posterior of Eq. (5) and therefore every chain unchanged."""
     lebm, sri = build_method(tiny_settings("lebm")), build_method(tiny_settings("sri") | {"langevin": tiny_settings("lebm")["langevin"]})
@@ -67,6 +69,7 @@ def test_lebm_with_a_zero_energy_is_exactly_sri():
     assert not torch.allclose(moved["latents"], sri.run("infer", 2, {"model": state}, CTX)[0]["latents"])
 
 
+@pytest.mark.slow
 def test_the_prior_takes_an_adam_step_on_prior_loss_with_fresh_prior_langevin_samples():
     """One minibatch (batch 24 = all images): the learned f is Adam's first step, theta - lr g / (|g| + eps),
     with g the gradient of prior_loss at the posterior latents and prior samples redrawn by hand."""
@@ -87,6 +90,7 @@ def test_the_prior_takes_an_adam_step_on_prior_loss_with_fresh_prior_langevin_sa
         assert torch.equal(learned["ebm"][name], p.detach()) == (name == "net.4.bias")
 
 
+@pytest.mark.slow
 def test_a_trained_lebm_infers_scores_and_samples_under_its_learned_prior():
     lebm = build_method(tiny_settings("lebm"))
     sri = build_method(tiny_settings("sri") | {"langevin": tiny_settings("lebm")["langevin"]})
@@ -117,6 +121,7 @@ def nested_equal(a, b) -> bool:
     return torch.equal(a, b) if torch.is_tensor(a) else a == b
 
 
+@pytest.mark.slow
 def test_lebm_stages_never_change_their_inputs():
     """Adam updates its state in place: a stage must copy the optimizer states it loads (t >= 2 has them)."""
     lebm = build_method(tiny_settings("lebm"))
@@ -129,6 +134,7 @@ def test_lebm_stages_never_change_their_inputs():
     assert nested_equal(before, (dict(model), dict(latents)))
 
 
+@pytest.mark.slow
 def test_prior_langevin_on_a_quadratic_energy_reaches_its_gaussian_covariance():
     """Prior exp(-z^T A z / 2) N(0, I) = N(0, P^-1), P = A + I. Unadjusted Langevin with step s has the
     stationary covariance (P (I - s^2 P / 4))^-1 exactly (a linear recursion), which at s = 0.5 is 21%
@@ -185,6 +191,7 @@ def test_the_five_layer_generator_passes_the_langevin_gradient_to_every_latent_l
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
 
 
+@pytest.mark.slow
 def test_sri5_block_jobs_write_the_bits_of_per_stage_jobs(tiny_data, tmp_path):
     settings = tiny_settings("sri") | {"upper_latent_dims": [3, 2]}
     per_stage = run_per_stage(settings, tmp_path / "stages", tiny_data, 2)
@@ -196,6 +203,7 @@ def test_sri5_block_jobs_write_the_bits_of_per_stage_jobs(tiny_data, tmp_path):
     assert torch.load(tmp_path / "stages" / "it0002" / "infer.pt")["latents"].shape == (24, 9)
 
 
+@pytest.mark.slow
 def test_sri5_trains_and_is_evaluated_on_its_whole_latent_vector():
     settings = tiny_settings("sri") | {"upper_latent_dims": [3, 2]}
     sri5 = build_method(settings)

@@ -43,6 +43,7 @@ def test_gaussian_nll_equals_torch_distributions():
     torch.testing.assert_close(gaussian_nll(x, mu, math.log(0.3)), expected)
 
 
+@pytest.mark.slow
 def test_elbo_of_a_linear_gaussian_model_equals_its_closed_form():
     """Decoder g(z) = W z + b, encoder q(z|x) = N(A x + c, diag s^2): the expected reconstruction term is
     ||x - W mu - b||^2 + sum_j s_j^2 ||W_j||^2 over (2 sigma^2), plus the normaliser, plus the analytic KL."""
@@ -218,6 +219,7 @@ def test_the_schedule_does_not_depend_on_the_number_of_iterations(method):
         assert staged.evaluation_points(t) == planned.evaluation_points(t)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_block_jobs_write_the_bits_of_per_stage_jobs(method, tiny_data, tmp_path):
     settings = tiny_settings(method)
@@ -233,6 +235,7 @@ def test_block_jobs_write_the_bits_of_per_stage_jobs(method, tiny_data, tmp_path
             assert path.read_bytes() == twin.read_bytes(), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_every_method_answers_the_evaluation_protocol(method, tiny_data, tmp_path):
     settings = tiny_settings(method)
@@ -254,6 +257,7 @@ def test_every_method_answers_the_evaluation_protocol(method, tiny_data, tmp_pat
         assert scores.shape == (6,) and torch.isfinite(scores).all()
 
 
+@pytest.mark.slow
 def test_ours_is_evaluated_on_the_latents_its_inference_produced_not_the_corrected_ones(tiny_data, tmp_path):
     settings = tiny_settings("shortrun")
     settings["iterations"] = 2  # iteration 2 corrects (L = 2)
@@ -282,6 +286,7 @@ def test_table4_points_are_the_model_and_latents_around_the_correction():
     assert set(method.evaluation_points(3)) == {"end"}
 
 
+@pytest.mark.slow
 def test_stage_inputs_never_change_a_cached_state(tiny_data, tmp_path):
     """Stages must not modify their inputs: block jobs hand the same objects on in memory."""
     settings = tiny_settings("vae")

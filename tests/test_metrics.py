@@ -50,6 +50,19 @@ def test_statistics_round_trip(tmp_path, features):
     assert [p.name for p in path.parent.iterdir()] == ["real.npz"]  # no temporary file left behind
 
 
+def test_statistics_of_another_precision_are_refused(tmp_path, features):
+    mu, sigma = feature_statistics(features)
+    path = save_statistics(tmp_path / "real.npz", mu, sigma, len(features), precision="bfloat16")
+    assert load_statistics(path, "bfloat16")[2] == len(features)
+    with pytest.raises(ValueError, match="computed in bfloat16, the samples' in float32"):
+        load_statistics(path)
+    legacy = tmp_path / "legacy.npz"  # written before the precision was recorded: float32
+    np.savez(legacy, mu=mu, sigma=sigma, n=len(features))
+    assert load_statistics(legacy)[2] == len(features)
+    with pytest.raises(ValueError, match="computed in float32"):
+        load_statistics(legacy, "bfloat16")
+
+
 def test_feature_statistics_needs_two_samples():
     with pytest.raises(ValueError):
         feature_statistics(np.zeros((1, 4)))

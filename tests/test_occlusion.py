@@ -97,6 +97,7 @@ def test_masks_hide_the_stated_fraction_and_are_fixed_by_the_seed():
         occlusion_mask((2, 1, 4, 4), 1.0, torch.Generator())
 
 
+@pytest.mark.slow
 def test_no_stage_of_ours_sees_a_missing_pixel():
     """Infer and learn give the same bits whatever the missing pixels hold."""
     settings = {**tiny_settings("shortrun"), "occlusion": {"missing": 0.5}}

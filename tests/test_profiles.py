@@ -78,12 +78,13 @@ def test_profile_files_leave_resources_to_the_rules(profile):
 
 
 def site_settings() -> list[str]:
-    """README's site settings ("Running on a cluster"): a partition for every job, the GPU rules on a GPU
+    """The site settings of docs/cluster.md: a partition for every job, the GPU rules on a GPU
     partition with a GPU type."""
     gpu = [f"{rule}:{key}" for rule in sorted(GPU_RULES) for key in ("slurm_partition=gpu", "gpu_model=a100")]
     return ["--default-resources", "slurm_partition=cpu", "--set-resources", *gpu]
 
 
+@pytest.mark.slow
 def test_slurm_profile_dry_run_gives_every_rule_resources(tmp_path):
     config = cluster_config(tmp_path)
     output = run_snakemake("-n", "--profile", "workflow/profiles/slurm", *site_settings(), "--configfile", str(config),
@@ -102,6 +103,7 @@ def test_slurm_profile_dry_run_gives_every_rule_resources(tmp_path):
     assert not (tmp_path / "results").exists(), "a dry run writes nothing"
 
 
+@pytest.mark.slow
 def test_local_profile_dry_run(tmp_path):
     config = tiny_config(tmp_path)
     output = run_snakemake("all", "-n", "--profile", "workflow/profiles/local", "--configfile", str(config))
@@ -110,7 +112,7 @@ def test_local_profile_dry_run(tmp_path):
     assert all(job.get("gpu", "0") == "0" for resources in jobs.values() for job in resources), "device: cpu asks for no GPU"
 
 
-# What `snakemake --lint` may still say; README ("Running on a cluster", "Linting") explains each.
+# What `snakemake --lint` may still say; docs/cluster.md and docs/development.md ("Linting") explain each.
 EXPLAINED_LINTS = {
     "Specify a conda environment or container for each rule.",
     "Shell command directly uses variable CLI from outside of the rule",
@@ -120,6 +122,7 @@ EXPLAINED_LINTS = {
 }
 
 
+@pytest.mark.slow
 def test_lint_reports_only_explained_warnings():
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=REPO, capture_output=True, text=True,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})

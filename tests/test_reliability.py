@@ -344,6 +344,7 @@ def test_hand_edited_run_config_out_of_range_is_rejected_by_the_stage(base, tmp_
 # ---------------------------------------------------------------- divergence
 
 
+@pytest.mark.slow
 def test_diverging_langevin_stops_with_the_promised_message_and_keeps_earlier_iterations(base, tmp_path):
     """Persistent chains with s = 1000 grow ~1e6-fold per iteration: finite after iteration 1, Inf in 2."""
     run = TinyRun(tmp_path / "wild", base.data, "wild")
@@ -371,6 +372,7 @@ def test_non_finite_learning_loss_names_the_parameters(base, tmp_path, unchanged
     assert tree(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_opt_in_step_size_backoff_is_deterministic_and_recorded(base, tmp_path):
     from shortrun_ot.pipeline import run_stage
 

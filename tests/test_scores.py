@@ -38,6 +38,7 @@ def test_bad_probabilities_are_refused(bad):
         inception_score(bad)
 
 
+@pytest.mark.slow
 def test_the_classifier_learns_the_embedded_digits():
     raw = data.load_raw("mnist5k", None)
     train = data.to_model_scale(raw["train_images"][:2000])

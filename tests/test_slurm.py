@@ -2,8 +2,7 @@
 
 tests/slurm_cluster.sh starts a one-node cluster on this machine (slurmctld, slurmd and munge, no
 accounting database) for the module and stops it afterwards. On it, the tiny configuration runs to
-Table 1 through `--profile workflow/profiles/slurm` with README's site options ("Running on a
-cluster"); its training job of iteration 1 is cancelled with `scancel` half-way and the next
+Table 1 through `--profile workflow/profiles/slurm` with the site options of docs/cluster.md; its training job of iteration 1 is cancelled with `scancel` half-way and the next
 invocation finishes the run. Beside it run the same configuration locally (the tensors must be
 bitwise the same) and a job below its memory needs. Every Snakemake has a working directory of its
 own (a params.yaml snapshot, a link to the repository's workflow/), so that its locks, metadata and
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 CLUSTER = REPO / "tests" / "slurm_cluster.sh"
 PARAMS = (REPO / "params.yaml").read_text()  # one snapshot: others may edit params.yaml meanwhile
-# README ("Running on a cluster"): every job to a partition (this cluster's only one); no account,
+# docs/cluster.md: every job to a partition (this cluster's only one); no account,
 # the cluster has no accounting.
 SLURM = ("--profile", "workflow/profiles/slurm", "--default-resources", "slurm_partition=main")
 # Test only: the first status check 2 s after a submission (the plugin's default is 40 s; each check

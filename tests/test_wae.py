@@ -29,6 +29,7 @@ def test_imq_mmd_equals_a_hand_computation():
     assert float(imq_mmd(x, y)) == pytest.approx(expected, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_imq_mmd_is_zero_in_expectation_for_equal_distributions_and_grows_with_a_shift():
     generator = torch.Generator().manual_seed(0)
     same = [float(imq_mmd(torch.randn(200, 4, generator=generator), torch.randn(200, 4, generator=generator)))
@@ -66,6 +67,7 @@ def test_learning_rate_schedule_is_their_manual_one():
         1.0, 1.0, 0.5, 0.5, 0.1, 0.1, 0.01, 0.01]
 
 
+@pytest.mark.slow
 def test_wae_mmd_trains_through_its_stages(tiny_data, tmp_path):  # noqa: F811
     settings = tiny_settings("wae")
     settings["penalty"] = "mmd"

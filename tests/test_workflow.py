@@ -174,7 +174,9 @@ def test_a_method_defined_outside_the_package_runs_through_the_unchanged_workflo
 PRODUCTS = {"table1": "table1.csv", "table2": "table2.csv", "table3": "table3.csv", "table4": "table4.csv",
             "table5": "table5.csv", "table6": "table6.csv", "figure2": "figures/figure2.png",
             "figure3": "figures/figure3.png", "figure4": "figures/figure4.png", "figure5": "figures/figure5.png",
-            "occlusion": "figures/occlusion.png"}
+            "occlusion": "figures/occlusion.png", "eight_gaussians": "figures/eight_gaussians.png",
+            "chain_stability_figure": "figures/chain_stability.png", "aeot_mnist": "aeot_mnist.csv",
+            "coupled_vae_mixture": "coupled_vae_mixture.csv", "coupled_vae_mnist": "figures/coupled_vae_mnist.png"}
 
 
 def test_the_main_products_have_short_rule_names_that_build_their_files():

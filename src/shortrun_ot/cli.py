@@ -76,7 +76,7 @@ def cmd_stage(args):
 
     report = run_stage(load_run_settings(args.config), StageRef(args.iteration, args.stage),
                        _pairs(args.inputs, "--inputs"), args.data, args.out, resolve_device(args.device),
-                       progress=True, cuda_graph=args.cuda_graphs)
+                       progress=True, cuda_graph=args.cuda_graphs, batches_at_once=args.batches_at_once)
     print(json.dumps(report))
 
 
@@ -84,7 +84,8 @@ def cmd_train_block(args):
     from .pipeline import train_block
 
     reports = train_block(load_run_settings(args.config), args.run_dir, args.first, args.last, args.data,
-                          resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs)
+                          resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs,
+                          batches_at_once=args.batches_at_once)
     print(json.dumps({"iterations": [args.first, args.last], "stages": len(reports)}))
 
 
@@ -117,9 +118,9 @@ def cmd_fid_reference(args):
     images = load_prepared(args.data, "train")
     if args.images is not None:
         images = images[: args.images]
-    mu, sigma = real_feature_statistics(images, load_fid_inception(device), batch_size=args.batch_size,
-                                        device=device, progress=True)
-    save_statistics(args.out, mu, sigma, len(images))
+    mu, sigma = real_feature_statistics(images, load_fid_inception(device, precision=args.fid_precision),
+                                        batch_size=args.batch_size, device=device, progress=True)
+    save_statistics(args.out, mu, sigma, len(images), args.fid_precision)
 
 
 def cmd_evaluate(args):
@@ -132,9 +133,11 @@ def cmd_evaluate(args):
     settings, model = _trained_model(args, args.test_steps)
     train_images = load_training_images(args.data, settings)
     test_images, _ = load_test_images(args.data, settings, args.test_images)
-    metrics = evaluate_model(model, train_images, test_images, load_fid_inception(model.device),
-                             load_statistics(args.fid_reference), fid_samples=args.fid_samples,
+    metrics = evaluate_model(model, train_images, test_images,
+                             load_fid_inception(model.device, precision=args.fid_precision),
+                             load_statistics(args.fid_reference, args.fid_precision), fid_samples=args.fid_samples,
                              progress=True, occlusion=occlusion_of(settings, train_images))
+    metrics["fid_precision"] = args.fid_precision
     training = load_json(args.training, "training summary") if args.training else {}
     save_json({"run": args.run, "method": settings["method"], "dataset": settings["dataset"],
                "iterations": args.iteration, "point": args.point, "device": str(model.device),
@@ -556,6 +559,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--device", default="auto")
         return p
 
+    def fid_precision_argument(p):
+        p.add_argument("--fid-precision", default="float32",
+                       help="arithmetic of the Inception pass: float32 or bfloat16 (inception.PRECISIONS)")
+
     p = command("prepare", cmd_prepare, "prepare and checksum a dataset", config=False, data=False)
     p.add_argument("--dataset", required=True)
     p.add_argument("--raw-root", required=True)
@@ -586,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        help="replay each batch's Langevin chain as a CUDA graph (CUDA only)")
         sub.choices[name].add_argument("--tf32", action="store_true",
                                        help="TF32 matrix units for CUDA float32 matmuls and convolutions")
+        sub.choices[name].add_argument("--batches-at-once", type=int, default=1,
+                                       help="batches of a Langevin sweep through the generator together, batch "
+                                            "norm per batch (the same result; docs/performance.md)")
 
     p = command("final", cmd_final, "the trained model under fixed names, with the training cost", data=False)
     p.add_argument("--inputs", nargs="+", required=True, help="ROLE=PATH of the final model's state files")
@@ -597,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=None, help="first N training images (default: all)")
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--out", required=True)
+    fid_precision_argument(p)
 
     model_commands = (
         ("evaluate", cmd_evaluate, "Table 1 metrics of a model: MSE (train, test), FID, distance to the prior"),
@@ -620,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", default="end", help="the evaluation point of that iteration")
     p.add_argument("--fid-reference", required=True)
     p.add_argument("--fid-samples", type=int, required=True)
+    fid_precision_argument(p)
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("--training", default=None, help="the run's training summary (final/training.json)")
     sub.choices["anomaly"].add_argument("--model-key", required=True, help="model the run belongs to (e.g. ours)")

@@ -1,7 +1,7 @@
 """One evaluation protocol for every method: MSE, FID, distance to the prior (Table 1), AUPRC (Table 2).
 
 Every trained system is a :class:`~shortrun_ot.methods.base.TrainedModel`; the definitions
-(README, "Metrics") are the same for all of them:
+(docs/protocol.md, "Metrics") are the same for all of them:
 
 - MSE: per-pixel mean squared error on the [0, 1] scale between images and their reconstructions,
   (a) on the training images, decoded from the method's latent population (ours: the persistent

@@ -9,6 +9,8 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .models import batch_norm_per_group, deinterleave, interleave
+
 Generator = Callable[[torch.Tensor], torch.Tensor]
 #: log p(z) up to a constant, per example; ``None`` stands for the standard normal prior -||z||^2 / 2.
 LogPrior = Callable[[torch.Tensor], torch.Tensor] | None
@@ -120,7 +122,7 @@ class GraphedChain:
     Replaying the same kernels on copied-in inputs removes the per-kernel launch cost, which
     matters when kernels are short (small batches or models). At the paper's batch of 2,000 on an
     H100 the chain is bound by GPU work and the graph gained nothing, with the same numbers as the
-    eager chain (README, "Performance").
+    eager chain (docs/performance.md).
     """
 
     WARMUP_STEPS = 3
@@ -145,17 +147,39 @@ class GraphedChain:
         return tuple(out.clone() for out in self.outputs)
 
 
-def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs, log_prior=None, mask=None):
-    """K Langevin steps for one batch; (z, sum of log p at the start, at the end) or DivergenceError.
+def _per_batch_norm(generator: Generator, groups: int) -> Generator:
+    """``generator`` for ``groups`` equal, interleaved batches at once, batch norm per batch
+    (``batch_norm_per_group``)."""
+    if groups == 1:
+        return generator
 
-    ``graphs`` (a dict, or None for eager execution) caches one GraphedChain per batch shape.
+    def grouped(z):
+        with batch_norm_per_group(generator, groups):
+            return generator(z)
+
+    return grouped
+
+
+def _run_block(generator, batch, z, *, groups, steps, step_size, sigma, rng, lo, graphs, log_prior=None,
+               mask=None):
+    """K Langevin steps for ``groups`` consecutive batches of equal size at once, batch norm per batch;
+    (z, each batch's sum of log p at the start, at the end) or DivergenceError.
+
+    Each batch's noise is drawn in turn, the same draws as for the batches one after another. The block
+    runs with its batches interleaved, the layout of ``batch_norm_per_group``.
+    ``graphs`` (a dict, or None for eager execution) caches one GraphedChain per block shape.
     """
-    noise = torch.randn((steps, *z.shape), generator=rng).to(z.device)
+    noise = torch.cat([torch.randn((steps, len(z) // groups, z.shape[1]), generator=rng) for _ in range(groups)],
+                      dim=1).to(z.device)
+    if groups > 1:
+        batch, z, mask = (None if t is None else interleave(t, groups) for t in (batch, z, mask))
+        noise = interleave(noise, groups, dim=1)
+    generator = _per_batch_norm(generator, groups)
     if graphs is None:
         z, log_p_start, finite = _chain(generator, batch, z, noise, step_size=step_size, sigma=sigma,
                                         log_prior=log_prior, mask=mask)
     else:
-        key = tuple(z.shape)
+        key = (groups, *z.shape)
         if key not in graphs:
             graphs[key] = GraphedChain(generator, batch, z, noise, step_size=step_size, sigma=sigma,
                                        log_prior=log_prior)
@@ -168,13 +192,43 @@ def _run_batch(generator, batch, z, *, steps, step_size, sigma, rng, lo, graphs,
     if not torch.isfinite(z).all():
         raise DivergenceError(f"Langevin latents became non-finite in examples {lo}..{lo + len(z) - 1}")
     with torch.no_grad():
-        end = log_joint(generator, z, batch, sigma, log_prior, mask).sum().item()
-    start = log_p_start.sum().item()
-    if not (math.isfinite(start) and math.isfinite(end)):
+        log_p_end = log_joint(generator, z, batch, sigma, log_prior, mask)
+    if groups > 1:
+        z, log_p_start, log_p_end = (deinterleave(t, groups) for t in (z, log_p_start, log_p_end))
+    start, end = ([part.sum().item() for part in log_p.chunk(groups)] for log_p in (log_p_start, log_p_end))
+    if not all(map(math.isfinite, start + end)):
         raise DivergenceError(
-            f"log p(I, z) became non-finite ({start}, {end}) in examples {lo}..{lo + len(z) - 1}"
+            f"log p(I, z) became non-finite ({sum(start)}, {sum(end)}) in examples {lo}..{lo + len(z) - 1}"
         )
     return z, start, end
+
+
+def _run_with_backoff(generator, batch, z, *, backoff, step_size, rng, graphs, **chain):
+    """One batch's chain (``_run_block``), retried up to ``backoff`` times from the same starting latents and
+    noise with half the step size; (z, start, end, the step size that worked) or DivergenceError."""
+    rng_state, size = rng.get_state(), step_size
+    for attempt in range(backoff + 1):
+        try:
+            z_end, (start,), (end,) = _run_block(generator, batch, z, groups=1, step_size=size, rng=rng,
+                                                 graphs=graphs if size == step_size else None, **chain)
+            return z_end, start, end, size
+        except DivergenceError as exc:
+            if attempt == backoff:
+                if backoff:
+                    raise DivergenceError(f"{exc}, even after {backoff} halvings of the step size to {size}") from None
+                raise
+            rng.set_state(rng_state)  # the same noise again
+            size /= 2
+
+
+def _blocks(n: int, batch_size: int, batches_at_once: int):
+    """(first, end, number of batches) of each block: up to ``batches_at_once`` consecutive batches of
+    ``batch_size``, then the last, smaller batch alone."""
+    full = n // batch_size
+    for first in range(0, full, batches_at_once):
+        yield first * batch_size, min(first + batches_at_once, full) * batch_size, min(batches_at_once, full - first)
+    if n % batch_size:
+        yield full * batch_size, n, 1
 
 
 def short_run_inference(
@@ -193,6 +247,7 @@ def short_run_inference(
     cuda_graph: bool = False,
     log_prior: LogPrior = None,
     mask: Mask = None,
+    batches_at_once: int = 1,
 ) -> tuple[torch.Tensor, InferenceStats]:
     """K-step Langevin dynamics (Eq. 7) from ``z_init`` for every image, in batches.
 
@@ -207,40 +262,49 @@ def short_run_inference(
     ``log_prior`` replaces the standard normal prior of Eq. (5) (LEBM's learned prior). ``mask`` (one per
     image, like ``images``, on the CPU) keeps the likelihood to the observed pixels (``log_joint``); masked
     chains run eagerly (no CUDA graph).
+
+    ``batches_at_once`` > 1 runs that many consecutive batches (an ``nn.Module`` generator) through the
+    generator together, each batch normalised with its own batch-norm statistics
+    (``models.batch_norm_per_group``) and driven by its own noise: the result of the batches one after
+    another, in fewer, larger matrix products (docs/performance.md). A block that diverges runs again batch
+    by batch from the same noise, so that back-off and errors work per batch as without blocks.
     """
+    if batches_at_once < 1:
+        raise ValueError(f"batches_at_once must be at least 1, got {batches_at_once}")
     n = images.shape[0]
     out = torch.empty_like(z_init)
     start_sum = end_sum = 0.0
     fired = []
     device = torch.device(device)
     graphs = {} if cuda_graph and device.type == "cuda" and mask is None else None
+    chain = {"steps": steps, "sigma": sigma, "log_prior": log_prior}
     bar = tqdm(total=n * steps, desc="Langevin", unit="step", disable=not progress, unit_scale=True)
-    for lo in range(0, n, batch_size):
-        batch = images[lo : lo + batch_size].to(device)
-        batch_mask = None if mask is None else mask[lo : lo + batch_size].to(device)
-        z0 = z_init[lo : lo + batch_size].to(device)
-        rng_state, size = rng.get_state(), step_size
-        for attempt in range(backoff + 1):
+
+    def on_device(lo, hi):
+        return {"batch": images[lo:hi].to(device), "z": z_init[lo:hi].to(device),
+                "mask": None if mask is None else mask[lo:hi].to(device)}
+
+    for lo, hi, groups in _blocks(n, batch_size, batches_at_once):
+        results = None
+        if groups > 1:
+            rng_state = rng.get_state()
             try:
-                z, start, end = _run_batch(generator, batch, z0, steps=steps, step_size=size, sigma=sigma,
-                                           rng=rng, lo=lo, graphs=graphs if size == step_size else None,
-                                           log_prior=log_prior, mask=batch_mask)
-                break
-            except DivergenceError as exc:
-                if attempt == backoff:
-                    if backoff:
-                        raise DivergenceError(
-                            f"{exc}, even after {backoff} halvings of the step size to {size}"
-                        ) from None
-                    raise
-                rng.set_state(rng_state)  # the same noise again
-                size /= 2
-        if size != step_size:
-            fired.append({"examples": [lo, lo + len(z) - 1], "step_size": size})
-        bar.update(len(z) * steps)
-        start_sum += start
-        end_sum += end
-        out[lo : lo + batch_size] = z.cpu()
+                z, start, end = _run_block(generator, **on_device(lo, hi), groups=groups, step_size=step_size,
+                                           rng=rng, lo=lo, graphs=graphs, **chain)
+                results = [(z_part, s, e, step_size) for z_part, s, e in zip(z.chunk(groups), start, end)]
+            except DivergenceError:  # again batch by batch from the same noise
+                rng.set_state(rng_state)
+        if results is None:
+            results = [_run_with_backoff(generator, **on_device(first, min(first + batch_size, hi)), backoff=backoff,
+                                         step_size=step_size, rng=rng, lo=first, graphs=graphs, **chain)
+                       for first in range(lo, hi, batch_size)]
+        for first, (z, start, end, size) in zip(range(lo, hi, batch_size), results):
+            if size != step_size:
+                fired.append({"examples": [first, first + len(z) - 1], "step_size": size})
+            start_sum += start
+            end_sum += end
+            out[first : first + len(z)] = z.cpu()
+        bar.update((hi - lo) * steps)
     bar.close()
     stats = InferenceStats(
         log_joint_start=start_sum / n,

@@ -45,14 +45,21 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int) -> Path:
-    """Write ``mu``, ``sigma`` (pytorch-fid's npz keys) and the sample count ``n`` atomically."""
-    return atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, n=n))
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, n: int,
+                    precision: str = "float32") -> Path:
+    """Write ``mu``, ``sigma`` (pytorch-fid's npz keys), the sample count ``n`` and the Inception pass's
+    ``precision`` atomically."""
+    return atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, n=n, precision=precision))
 
 
-def load_statistics(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
-    """Read ``(mu, sigma, n)`` written by :func:`save_statistics`."""
+def load_statistics(path: str | os.PathLike, precision: str = "float32") -> tuple[np.ndarray, np.ndarray, int]:
+    """Read ``(mu, sigma, n)`` written by :func:`save_statistics`; a ValueError if they were computed in
+    another precision than ``precision`` (files without the key are float32): an FID compares like with like."""
     with np.load(path) as data:
+        stored = str(data["precision"]) if "precision" in data else "float32"
+        if stored != precision:
+            raise ValueError(f"{path}: reference statistics computed in {stored}, the samples' in {precision}; "
+                             f"rebuild the reference with the same evaluation.fid_precision")
         return data["mu"], data["sigma"], int(data["n"])
 
 

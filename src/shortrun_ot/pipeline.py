@@ -8,7 +8,7 @@ included) and, for a process's first stage, ``startup_seconds`` (process start t
 batch: imports, CUDA start-up, loading).
 
 ``train_block`` runs iterations first..last in one process, keeping the states in memory, and
-writes the same files, bit for bit (README, "Performance").
+writes the same files, bit for bit (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -69,14 +69,14 @@ def occlusion_of(settings: dict, images: torch.Tensor) -> torch.Tensor | None:
 
 
 def training_context(path: str | Path, settings: dict, device: torch.device, progress: bool = False,
-                     cuda_graph: bool = False) -> StageContext:
+                     cuda_graph: bool = False, batches_at_once: int = 1) -> StageContext:
     """What a stage trains on: the run's training images, with their missing pixels set to 0 and their
     masks when the run learns from occluded images (so that no stage can see a missing pixel)."""
     images = load_training_images(path, settings)
     mask = occlusion_of(settings, images)
     if mask is not None:
         images = images * mask
-    return StageContext(images, device, progress, cuda_graph, mask)
+    return StageContext(images, device, progress, cuda_graph, mask, batches_at_once)
 
 
 def load_test_images(path: str | Path, settings: dict, limit: int | None = None):
@@ -132,7 +132,8 @@ def _save_report(report: dict, ref: StageRef, settings: dict, ctx: StageContext,
 
 
 def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path], data_path, state_out,
-              device: torch.device, progress: bool = False, cuda_graph: bool = False) -> dict:
+              device: torch.device, progress: bool = False, cuda_graph: bool = False,
+              batches_at_once: int = 1) -> dict:
     """One stage in this process: load its inputs, compute, write its state, manifest and report."""
     started = time.perf_counter()
     method = build_method(settings)
@@ -140,7 +141,7 @@ def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path],
     if set(input_paths) != expected:
         raise ValueError(f"stage {ref.stage} of iteration {ref.iteration} reads {sorted(expected)}, "
                          f"got {sorted(input_paths)}")
-    ctx = training_context(data_path, settings, device, progress, cuda_graph)
+    ctx = training_context(data_path, settings, device, progress, cuda_graph, batches_at_once)
     inputs = {role: load_state(path, settings) for role, path in input_paths.items()}
     startup = process_age()
     compute_start = time.perf_counter()
@@ -151,7 +152,7 @@ def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path],
 
 
 def train_block(settings: dict, run_dir, first: int, last: int, data_path, device: torch.device,
-                progress: bool = False, cuda_graph: bool = False) -> list[dict]:
+                progress: bool = False, cuda_graph: bool = False, batches_at_once: int = 1) -> list[dict]:
     """Iterations first..last in one process, writing every stage's files as the per-stage jobs do.
 
     The states stay in memory between stages (each stage gets its own copy, so none can change
@@ -162,7 +163,7 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
         raise ValueError(f"a block needs 1 <= first <= last, got {first}..{last}")
     started = time.perf_counter()
     method = build_method(settings)
-    ctx = training_context(data_path, settings, device, progress, cuda_graph)
+    ctx = training_context(data_path, settings, device, progress, cuda_graph, batches_at_once)
     ctx.images = ctx.images.to(device)
     cache = {path: load_state(path, settings) for path in layout.block_inputs(run_dir, method, first, last)}
     startup = process_age()

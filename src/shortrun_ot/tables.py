@@ -38,7 +38,8 @@ def table1(metrics_files: list[str | Path], reference: str | Path) -> pd.DataFra
         rows.append({
             "dataset": DATASET_TITLE.get(m["dataset"], m["dataset"]), "model": _title(m["run"], m["dataset"]), "source": "measured",
             "method": m["method"], "mse_train": m["mse_train"], "mse_test": m["mse_test"], "fid": m["fid"],
-            "fid_samples": m["fid_samples"], "fid_real_images": m["fid_real_images"], "ot_cost": m["ot_cost"],
+            "fid_samples": m["fid_samples"], "fid_real_images": m["fid_real_images"],
+            "fid_precision": m.get("fid_precision", "float32"), "ot_cost": m["ot_cost"],
             "ot_cost_prior_floor": m["ot_cost_prior_floor"], "latent_fd": m["latent_fd"],
             "train_images": m["train_images"], "iterations": m["iterations"],
             "train_seconds": training.get("train_seconds"), "device": m["device"],

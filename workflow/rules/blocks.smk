@@ -23,7 +23,7 @@ for _run, _method in METHODS.items():
                 last=_last,
             log:
                 f"{run_dir(_run)}/logs/it{_first:04d}-{_last:04d}.log",
-            threads: 1  # raise with --set-threads (README, "Performance")
+            threads: 1  # raise with --set-threads (docs/performance.md)
             resources:
                 gpu=GPU,
                 mem_mb=memory(16000, run=_run),

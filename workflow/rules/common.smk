@@ -49,7 +49,9 @@ DEVICE = config["device"]
 COMPUTE = config["compute"]
 BLOCK = COMPUTE["iterations_per_job"]
 # Flags of the training stages that change how, not what, they compute.
-TRAIN_FLAGS = " ".join(flag for flag, on in (("--cuda-graphs", COMPUTE["cuda_graphs"]), ("--tf32", COMPUTE["tf32"]))
+TRAIN_FLAGS = " ".join(flag for flag, on in (("--cuda-graphs", COMPUTE["cuda_graphs"]), ("--tf32", COMPUTE["tf32"]),
+                                             (f"--batches-at-once {COMPUTE['batches_at_once']}",
+                                              COMPUTE["batches_at_once"] > 1))
                        if on)
 STAGE_NAMES = sorted({stage for method in METHODS.values() for stage in method.STAGES})
 
@@ -240,15 +242,19 @@ def interpolation_spec(run):
     return next(FIGURES[name] for name in INTERPOLATING if run in FIGURES[name]["runs"])
 
 
+#: the product that a `figures:` entry makes, and which its short target name builds
+FIGURE_PRODUCTS = {
+    "figure2": "figures/figure2.png", "figure3": "figures/figure3.png", "figure4": "figures/figure4.png",
+    "figure5": "figures/figure5.png", "table3": "table3.csv", "table4": "table4.csv", "table5": "table5.csv",
+    "table6": "table6.csv", "occlusion": "figures/occlusion.png", "chain_stability": "figures/chain_stability.png",
+    "eight_gaussians": "figures/eight_gaussians.png", "aeot_mnist": "aeot_mnist.csv",
+    "aeot_celeba": "figures/aeot_celeba.png", "coupled_vae_mixture": "coupled_vae_mixture.csv",
+    "coupled_vae_mnist": "figures/coupled_vae_mnist.png"}
+
+
 def figure_targets():
     """Every figure and ablation table the configuration declares."""
-    names = {"figure2": "figures/figure2.png", "figure3": "figures/figure3.png", "figure4": "figures/figure4.png",
-             "figure5": "figures/figure5.png", "table3": "table3.csv", "table4": "table4.csv", "table5": "table5.csv",
-             "table6": "table6.csv", "occlusion": "figures/occlusion.png", "chain_stability": "figures/chain_stability.png",
-             "eight_gaussians": "figures/eight_gaussians.png", "aeot_mnist": "aeot_mnist.csv",
-             "aeot_celeba": "figures/aeot_celeba.png", "coupled_vae_mixture": "coupled_vae_mixture.csv",
-             "coupled_vae_mnist": "figures/coupled_vae_mnist.png"}
-    return [f"{RESULTS}/{names[name]}" for name in FIGURES]
+    return [f"{RESULTS}/{FIGURE_PRODUCTS[name]}" for name in FIGURES]
 
 
 def stage_errors(main_logs):
@@ -291,12 +297,52 @@ def missing_raw_data():
     return problems
 
 
+def plan_cost():
+    """(device, wall seconds, printable lines) of the jobs this invocation will run (shortrun_ot.cost)."""
+    import torch
+    from shortrun_ot import cost
+
+    device = "cpu" if DEVICE == "cpu" or (DEVICE == "auto" and not torch.cuda.is_available()) else "cuda"
+    speedup = cost.BFLOAT16_SPEEDUP if device == "cpu" and EVAL["fid_precision"] == "bfloat16" else 1.0
+    anomaly_evaluation = {**EVAL, "fid_samples": 0, "test_langevin_steps": ANOMALY["test_langevin_steps"]}
+    plan = {}
+    for job in workflow.dag.needrun_jobs():
+        name, run = job.rule.name, job.wildcards_dict.get("run")
+        stages = [job.wildcards_dict["stage"]] if name == "stage" else []
+        if name.startswith("train_") and hasattr(job.params, "first"):  # a block job (blocks.smk)
+            run = job.params.run
+            stages = [stage for t in range(job.params.first, job.params.last + 1) for stage in METHODS[run].stages(t)]
+        evaluated = "evaluate" if name == "anomaly_score" else name  # its score: the test set's reconstructions
+        seconds = cost.job_seconds(evaluated, SETTINGS.get(run), stages, device=device,
+                                   evaluation=anomaly_evaluation if name == "anomaly_score" else EVAL,
+                                   inception_speedup=speedup)
+        if name == "fid_reference":
+            seconds = cost.reference_seconds(job.wildcards_dict["dataset"], job.wildcards_dict["n_real"],
+                                             device=device, inception_speedup=speedup)
+        key = run if run in SETTINGS else "other jobs"
+        plan[key] = plan.get(key, 0.0) + seconds * (job.threads if device == "cpu" else 1)
+    try:
+        cores = workflow.cores
+    except Exception:  # cluster execution: no core count, jobs run side by side
+        cores = workflow.nodes or 1
+    wall, text = cost.describe(plan, device, cores)
+    return device, wall, text
+
+
 onstart:
-    # Before any job starts (not on a dry run): every dataset to prepare is on disk or downloadable.
+    # Before any job starts (not on a dry run): every dataset to prepare is on disk or downloadable, and
+    # the plan's estimated cost is printed; more than a day on the CPU needs allow_long_runs.
     problems = missing_raw_data()
     if problems:
         for problem in problems:
             print(f"shortrun-ot: error: {problem}", file=sys.stderr)
+        raise SystemExit(1)
+    device, wall, text = plan_cost()
+    print(text, file=sys.stderr)
+    if device == "cpu" and wall > 24 * 3600 and not config["allow_long_runs"]:
+        print("shortrun-ot: error: this plan would take more than a day on the CPU (estimate above). Run it on "
+              "a GPU (config/gpu.yaml) or a cluster (docs/cluster.md), ask for less (config/quick.yaml), or "
+              "start it anyway with --config allow_long_runs=true", file=sys.stderr)
         raise SystemExit(1)
 
 

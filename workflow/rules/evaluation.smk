@@ -1,5 +1,5 @@
 # Table 1 (MSE, FID, distance to the prior) and Table 2 (anomaly AUPRC): one protocol for every
-# run, whatever its method (shortrun_ot.evaluation; README, "Metrics").
+# run, whatever its method (shortrun_ot.evaluation; docs/protocol.md, "Metrics").
 
 
 rule fid_reference:
@@ -10,24 +10,27 @@ rule fid_reference:
     params:
         images=lambda w: "" if w.n_real == "all" else f"--images {w.n_real}",
         batch_size=EVAL["batch_size"],
+        precision=EVAL["fid_precision"],
     log:
         f"{RESULTS}/fid/logs/{{dataset}}-{{n_real}}.log",
     wildcard_constraints:
         n_real=r"all|\d+",
     threads: 2
+    priority: 1  # every evaluation waits for it: run it before further training jobs
     resources:
         gpu=GPU,
         mem_mb=memory(8000),
         runtime=60,
     shell:
         "OMP_NUM_THREADS={threads} {CLI} fid-reference --data {input} {params.images} "
-        "--batch-size {params.batch_size} --device {DEVICE} --out {output} > {log} 2>&1"
+        "--batch-size {params.batch_size} --fid-precision {params.precision} --device {DEVICE} "
+        "--out {output} > {log} 2>&1"
 
 
 EVALUATE = (
     "OMP_NUM_THREADS={threads} {CLI} evaluate --run {wildcards.run} --config {input.config} --data {input.data} "
     "--model {params.model} --iteration {params.iteration} --point {params.point} "
-    "--fid-reference {input.fid_reference} --fid-samples {params.fid_samples} "
+    "--fid-reference {input.fid_reference} --fid-samples {params.fid_samples} --fid-precision {params.precision} "
     "--test-steps {params.test_steps} {params.test_images} --batch-size {params.batch_size} {params.training} "
     "--device {DEVICE} --out {output} > {log} 2>&1"
 )
@@ -46,6 +49,7 @@ rule evaluate:
         training=lambda w: f"--training {run_dir(w.run)}/final/training.json",
         test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
         fid_samples=EVAL["fid_samples"],
+        precision=EVAL["fid_precision"],
         test_steps=EVAL["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:
@@ -72,6 +76,7 @@ rule evaluate_point:
         training="",
         test_images=lambda w: f"--test-images {EVAL['test_images']}" if EVAL["test_images"] else "",
         fid_samples=EVAL["fid_samples"],
+        precision=EVAL["fid_precision"],
         test_steps=EVAL["test_langevin_steps"],
         batch_size=EVAL["batch_size"],
     log:
@@ -92,7 +97,8 @@ rule table1:
         metrics=expand(f"{RUN}/metrics.json", run=TABLE1_RUNS),
         reference=PAPER_RESULTS,
     output:
-        csv=report(f"{RESULTS}/table1.csv", category="Tables", caption="../report/table1.rst"),
+        csv=report(f"{RESULTS}/table1.csv", category="Tables", caption="../report/table1.rst",
+                   labels={"table": "Table 1: MSE, FID and OT cost"}),
         markdown=f"{RESULTS}/table1.md",
     log:
         f"{RESULTS}/logs/table1.log",
@@ -138,7 +144,8 @@ rule table2:
         anomaly=expand(f"{RUN}/anomaly.json", run=anomaly_runs()),
         reference=PAPER_RESULTS,
     output:
-        csv=report(f"{RESULTS}/table2.csv", category="Tables", caption="../report/table2.rst"),
+        csv=report(f"{RESULTS}/table2.csv", category="Tables", caption="../report/table2.rst",
+                   labels={"table": "Table 2: anomaly detection (AUPRC)"}),
         markdown=f"{RESULTS}/table2.md",
     log:
         f"{RESULTS}/logs/table2.log",

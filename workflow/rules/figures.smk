@@ -7,7 +7,8 @@ rule grid:
         data=prepared_data,
         final=f"{RUN}/final",
     output:
-        png=report(f"{RUN}/figures/grid.png", category="Samples", caption="../report/grid.rst"),
+        png=report(f"{RUN}/figures/grid.png", category="Samples", caption="../report/grid.rst",
+                   labels={"run": "{run}"}),
         panels=f"{RUN}/figures/grid.pt",  # the same images, for the figures of several runs (Fig. 4, occlusion)
     params:
         model=lambda w: roles(final_model(w.run)),
@@ -51,6 +52,19 @@ rule figures:
         figure_targets(),
 
 
+# Short target names for the products whose rules are named otherwise (`snakemake coupled_vae_mixture`);
+# figure2 ... table6, occlusion, eight_gaussians and chain_stability_figure are the rules that write them.
+for product in ("aeot_mnist", "aeot_celeba", "coupled_vae_mixture", "coupled_vae_mnist"):
+    if product in FIGURES:
+
+        rule:
+            name:
+                product
+            input:
+                f"{RESULTS}/{FIGURE_PRODUCTS[product]}",
+            localrule: True
+
+
 if "figure2" in FIGURES:
 
     rule figure2:
@@ -58,7 +72,8 @@ if "figure2" in FIGURES:
         input:
             unpack(figure2_inputs),
         output:
-            png=report(f"{RESULTS}/figures/figure2.png", category="Figures", caption="../report/figure2.rst"),
+            png=report(f"{RESULTS}/figures/figure2.png", category="Figures", caption="../report/figure2.rst",
+                       labels={"figure": "Fig. 2: latents at each OT correction"}),
             pdf=f"{RESULTS}/figures/figure2.pdf",
         params:
             run=FIGURES["figure2"]["run"],
@@ -82,7 +97,8 @@ if "figure5" in FIGURES:
             history=[f"{run_dir(run)}/history.csv" for _, run in sweep_values(FIGURES["figure5"]["sweep"])],
             evaluations=[path for paths in figure5_evaluations().values() for path in paths],
         output:
-            png=report(f"{RESULTS}/figures/figure5.png", category="Figures", caption="../report/figure5.rst"),
+            png=report(f"{RESULTS}/figures/figure5.png", category="Figures", caption="../report/figure5.rst",
+                       labels={"figure": "Fig. 5: influence of alpha"}),
             pdf=f"{RESULTS}/figures/figure5.pdf",
             csv=f"{RESULTS}/figures/figure5.csv",
         params:
@@ -110,7 +126,8 @@ if "table4" in FIGURES:
             after=list(table4_evaluations("after_correction").values()),
             reference=PAPER_RESULTS,
         output:
-            csv=report(f"{RESULTS}/table4.csv", category="Tables", caption="../report/table4.rst"),
+            csv=report(f"{RESULTS}/table4.csv", category="Tables", caption="../report/table4.rst",
+                       labels={"table": "Table 4: step size, before and after a correction"}),
             markdown=f"{RESULTS}/table4.md",
         params:
             before=value_pairs(table4_evaluations("before_correction")),
@@ -159,7 +176,7 @@ if "chain_stability" in FIGURES:
             expand(f"{RUN}/chain_stability.json", run=STABILITY["runs"]),
         output:
             png=report(f"{RESULTS}/figures/chain_stability.png", category="Figures",
-                       caption="../report/chain_stability.rst"),
+                       caption="../report/chain_stability.rst", labels={"figure": "Chain stability against the step size"}),
             pdf=f"{RESULTS}/figures/chain_stability.pdf",
             csv=f"{RESULTS}/figures/chain_stability.csv",
         log:
@@ -180,7 +197,8 @@ if "figure3" in FIGURES:
             latents=[f"{run_dir(run)}/latents.pt" for run in FIGURES["figure3"]["runs"]],
             metrics=[f"{run_dir(run)}/metrics.json" for run in FIGURES["figure3"]["runs"]],
         output:
-            png=report(f"{RESULTS}/figures/figure3.png", category="Figures", caption="../report/figure3.rst"),
+            png=report(f"{RESULTS}/figures/figure3.png", category="Figures", caption="../report/figure3.rst",
+                       labels={"figure": "Fig. 3: latents of digits 0 and 1 per model"}),
             pdf=f"{RESULTS}/figures/figure3.pdf",
         log:
             f"{RESULTS}/logs/figure3.log",
@@ -199,7 +217,8 @@ if "figure4" in FIGURES:
         input:
             [f"{run_dir(run)}/figures/grid.pt" for run in FIGURES["figure4"]["runs"]],
         output:
-            png=report(f"{RESULTS}/figures/figure4.png", category="Figures", caption="../report/figure4.rst"),
+            png=report(f"{RESULTS}/figures/figure4.png", category="Figures", caption="../report/figure4.rst",
+                       labels={"figure": "Fig. 4: reconstructions and samples"}),
             pdf=f"{RESULTS}/figures/figure4.pdf",
         log:
             f"{RESULTS}/logs/figure4.log",
@@ -220,9 +239,11 @@ if "occlusion" in FIGURES:
             grids=[f"{run_dir(run)}/figures/grid.pt" for run in FIGURES["occlusion"]["runs"]],
             metrics=[f"{run_dir(run)}/metrics.json" for run in FIGURES["occlusion"]["runs"]],
         output:
-            png=report(f"{RESULTS}/figures/occlusion.png", category="Figures", caption="../report/occlusion.rst"),
+            png=report(f"{RESULTS}/figures/occlusion.png", category="Figures", caption="../report/occlusion.rst",
+                       labels={"figure": "Occlusion: observed, original, reconstructed"}),
             pdf=f"{RESULTS}/figures/occlusion.pdf",
-            csv=report(f"{RESULTS}/occlusion.csv", category="Tables", caption="../report/occlusion_table.rst"),
+            csv=report(f"{RESULTS}/occlusion.csv", category="Tables", caption="../report/occlusion_table.rst",
+                       labels={"table": "Occlusion: MSE on observed and missing pixels"}),
             markdown=f"{RESULTS}/occlusion.md",
         log:
             f"{RESULTS}/logs/occlusion.log",
@@ -243,7 +264,9 @@ if ABLATIONS:
             metrics=lambda w: [path for paths in ablation_metrics(w.table).values() for path in paths],
             reference=PAPER_RESULTS,
         output:
-            csv=report(f"{RESULTS}/{{table}}.csv", category="Tables", caption="../report/ablation.rst"),
+            csv=report(f"{RESULTS}/{{table}}.csv", category="Tables", caption="../report/ablation.rst",
+                       labels=lambda w: {"table": f"Table {w.table.removeprefix('table')}: ablation, sweep "
+                                                  f"{FIGURES[w.table]['sweep']}"}),
             markdown=f"{RESULTS}/{{table}}.md",
         params:
             number=lambda w: w.table.removeprefix("table"),
@@ -286,7 +309,7 @@ if "eight_gaussians" in FIGURES:
         """AE-OT Fig. 2: D regressed onto the Kantorovich potential from N(0, I) points to eight Gaussians."""
         output:
             png=report(f"{RESULTS}/figures/eight_gaussians.png", category="Figures",
-                       caption="../report/eight_gaussians.rst"),
+                       caption="../report/eight_gaussians.rst", labels={"figure": "AE-OT Fig. 2: eight Gaussians"}),
             pdf=f"{RESULTS}/figures/eight_gaussians.pdf",
             csv=f"{RESULTS}/figures/eight_gaussians.csv",
         params:
@@ -362,9 +385,11 @@ if "aeot_mnist" in FIGURES:
             grids=[f"{run_dir(run)}/figures/grid.pt" for run in AEOT_MNIST["runs"]],
             reference=PAPER_RESULTS,
         output:
-            csv=report(f"{RESULTS}/aeot_mnist.csv", category="Tables", caption="../report/aeot_mnist.rst"),
+            csv=report(f"{RESULTS}/aeot_mnist.csv", category="Tables", caption="../report/aeot_mnist.rst",
+                       labels={"table": "AE-OT Table 1: MNIST scores"}),
             markdown=f"{RESULTS}/aeot_mnist.md",
-            png=report(f"{RESULTS}/figures/aeot_mnist.png", category="Figures", caption="../report/aeot_mnist.rst"),
+            png=report(f"{RESULTS}/figures/aeot_mnist.png", category="Figures", caption="../report/aeot_mnist.rst",
+                       labels={"figure": "AE-OT Fig. 3: MNIST samples"}),
             pdf=f"{RESULTS}/figures/aeot_mnist.pdf",
         log:
             f"{RESULTS}/logs/aeot_mnist.log",
@@ -416,9 +441,10 @@ if "aeot_celeba" in FIGURES:
             interpolations=[f"{run_dir(run)}/figures/interpolation.pt" for run in AEOT_CELEBA["runs"]],
         output:
             samples=report(f"{RESULTS}/figures/aeot_celeba_samples.png", category="Figures",
-                           caption="../report/aeot_celeba.rst"),
+                           caption="../report/aeot_celeba.rst", labels={"figure": "AE-OT Fig. 4: CelebA samples"}),
             samples_pdf=f"{RESULTS}/figures/aeot_celeba_samples.pdf",
-            png=report(f"{RESULTS}/figures/aeot_celeba.png", category="Figures", caption="../report/aeot_celeba.rst"),
+            png=report(f"{RESULTS}/figures/aeot_celeba.png", category="Figures", caption="../report/aeot_celeba.rst",
+                       labels={"figure": "AE-OT Fig. 5: CelebA interpolations"}),
             pdf=f"{RESULTS}/figures/aeot_celeba.pdf",
         log:
             f"{RESULTS}/logs/aeot_celeba.log",
@@ -467,10 +493,12 @@ if "coupled_vae_mixture" in FIGURES:
             panels=[f"{MIXTURE_DIR}/{model}-seed0.pt" for model in MIXTURE_MODELS],
             reference=PAPER_RESULTS,
         output:
-            csv=report(f"{RESULTS}/coupled_vae_mixture.csv", category="Tables", caption="../report/coupled_vae_mixture.rst"),
+            csv=report(f"{RESULTS}/coupled_vae_mixture.csv", category="Tables", caption="../report/coupled_vae_mixture.rst",
+                       labels={"table": "Coupled VAE Tables 1 and 2: mixture of Gaussians"}),
             markdown=f"{RESULTS}/coupled_vae_mixture.md",
             png=report(f"{RESULTS}/figures/coupled_vae_mixture.png", category="Figures",
-                       caption="../report/coupled_vae_mixture.rst"),
+                       caption="../report/coupled_vae_mixture.rst",
+                       labels={"figure": "Coupled VAE Figs. 1 and 2: mixture of Gaussians"}),
             pdf=f"{RESULTS}/figures/coupled_vae_mixture.pdf",
         log:
             f"{RESULTS}/logs/coupled_vae_mixture.log",
@@ -515,10 +543,12 @@ if "coupled_vae_mnist" in FIGURES:
             interpolations=[f"{run_dir(run)}/figures/interpolation.pt" for run in COUPLED_VAE_MNIST["runs"]],
         output:
             posterior=report(f"{RESULTS}/figures/coupled_vae_mnist_posterior.png", category="Figures",
-                             caption="../report/coupled_vae_mnist.rst"),
+                             caption="../report/coupled_vae_mnist.rst",
+                             labels={"figure": "Coupled VAE Fig. 3: MNIST posteriors"}),
             posterior_pdf=f"{RESULTS}/figures/coupled_vae_mnist_posterior.pdf",
             png=report(f"{RESULTS}/figures/coupled_vae_mnist.png", category="Figures",
-                       caption="../report/coupled_vae_mnist.rst"),
+                       caption="../report/coupled_vae_mnist.rst",
+                       labels={"figure": "Coupled VAE Fig. 4: MNIST samples and paths"}),
             pdf=f"{RESULTS}/figures/coupled_vae_mnist.pdf",
         log:
             f"{RESULTS}/logs/coupled_vae_mnist.log",

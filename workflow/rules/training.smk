@@ -2,7 +2,7 @@
 # (+ .pt.json manifest, .json report); the run's method says which stages iteration t has and which
 # earlier state files each reads (shortrun_ot.methods, shortrun_ot.layout). With
 # compute.iterations_per_job = B > 1, one job runs B iterations and writes the same files
-# (blocks.smk; README, "Performance").
+# (blocks.smk; docs/performance.md).
 
 
 rule run_config:
@@ -35,7 +35,7 @@ rule stage:
         t=r"\d\d\d\d+" if BLOCK == 1 else "0000",  # with block jobs only iteration 0 runs per stage
     group:
         "{run}_it{t}"
-    threads: 1  # raise with --set-threads stage=N (README, "Performance")
+    threads: 1  # raise with --set-threads stage=N (docs/performance.md)
     resources:
         gpu=GPU,
         mem_mb=memory(16000),

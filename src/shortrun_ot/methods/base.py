@@ -69,13 +69,15 @@ class StateFile(dict):
 @dataclass
 class StageContext:
     """What a stage computes on: the run's training images ([-1, 1], CPU) and where to compute; ``mask``:
-    for a run that learns from occluded images, 1 on each image's observed pixels, 0 on its missing ones."""
+    for a run that learns from occluded images, 1 on each image's observed pixels, 0 on its missing ones;
+    ``batches_at_once``: batches of a Langevin sweep through the generator together (``compute.batches_at_once``)."""
 
     images: torch.Tensor
     device: torch.device
     progress: bool = False
     cuda_graph: bool = False
     mask: torch.Tensor | None = None
+    batches_at_once: int = 1
 
 
 @dataclass(frozen=True)

@@ -65,9 +65,10 @@ def load_generator(model: StateFile, settings: dict, device, with_optimizer: boo
 
 
 def infer_latents(settings: dict, generator, images, z0, rng, device, progress=False, cuda_graph=False,
-                  steps: int | None = None, log_prior: LogPrior = None, mask: Mask = None):
+                  steps: int | None = None, log_prior: LogPrior = None, mask: Mask = None, batches_at_once: int = 1):
     """K-step short-run Langevin (Eq. 7) from ``z0`` with batch-norm batch statistics, as in learning;
-    ``log_prior``: a prior other than N(0, I) (LEBM); ``mask``: the observed pixels of occluded images."""
+    ``log_prior``: a prior other than N(0, I) (LEBM); ``mask``: the observed pixels of occluded images;
+    ``batches_at_once``: batches through the generator together, batch norm per batch (the same result)."""
     langevin = settings["langevin"]
     generator.train()
     try:
@@ -76,7 +77,7 @@ def infer_latents(settings: dict, generator, images, z0, rng, device, progress=F
                 generator, images, z0, steps=steps or langevin["steps"], step_size=langevin["step_size"],
                 sigma=settings["sigma"], batch_size=settings["batch_size"], rng=rng, device=device,
                 progress=progress, backoff=langevin.get("backoff", 0), cuda_graph=cuda_graph, log_prior=log_prior,
-                mask=mask,
+                mask=mask, batches_at_once=batches_at_once,
             )
     except DivergenceError as exc:
         raise DivergenceError(f"{exc}; lower 'langevin.step_size' (now {langevin['step_size']}) in params.yaml "
@@ -184,7 +185,8 @@ class ShortRunOT(Method):
         else:
             z0 = torch.randn((n, d), generator=self.rng(t, "init"))
         z, stats = infer_latents(self.settings, generator, ctx.images, z0, self.rng(t, "langevin"), ctx.device,
-                                 ctx.progress, ctx.cuda_graph, log_prior=log_prior, mask=ctx.mask)
+                                 ctx.progress, ctx.cuda_graph, log_prior=log_prior, mask=ctx.mask,
+                                 batches_at_once=ctx.batches_at_once)
         report = {k: v for k, v in vars(stats).items() if v is not None}  # "backoff" only when it fired
         # log p = -||I - g(z)||^2 / (2 sigma^2) + log p(z) (Eq. 5): the reconstruction error follows
         with torch.no_grad():
