@@ -1,15 +1,24 @@
 """The plan's cost estimate (shortrun_ot.cost): hand counts of the work, and the refusal of a plan longer than a
 day on the CPU through the real Snakemake, before any job runs."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
 from conftest import snakemake, tiny_config
 from shortrun_ot import cost
+from shortrun_ot.config import run_settings
+from shortrun_ot.pipeline import build_method
 
+PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
 MNIST = {"dataset": "mnist", "latent_dim": 30, "train_images": None, "classes": None, "heldout_digit": None}
-SHORTRUN = {**MNIST, "langevin": {"steps": 50}, "learning": {"passes": 3}}
 EVALUATION = {"fid_samples": 10_000, "test_images": None, "test_langevin_steps": 200}
+
+
+def paper_method(run: str):
+    """The method of params.yaml's (paper-scale) run ``run``."""
+    return build_method(run_settings(PARAMS, run))
 
 
 def test_the_decoder_flops_are_table_7s_by_hand():
@@ -24,10 +33,12 @@ def test_an_iteration_of_the_short_run_method_by_hand():
     """Paper scale: 60,000 images, K = 50 Langevin steps (2 passes each), L2 = 3 learning passes (3 each)."""
     f = cost.decoder_flops("mnist", 30)
     n = 60_000
-    assert cost.stage_flops(SHORTRUN, "infer", n, f) == 2 * 50 * f * n
-    assert cost.stage_flops(SHORTRUN, "learn", n, f) == 3 * 3 * f * n
-    assert cost.stage_flops(SHORTRUN, "correct", n, f) == 0  # counted in seconds
-    seconds = cost.job_seconds("stage", SHORTRUN, ["infer", "correct", "learn"], device="cpu", evaluation=EVALUATION)
+    ours = paper_method("ours")
+    assert ours.settings["langevin"]["steps"] == 50 and ours.settings["learning"]["passes"] == 3
+    assert ours.stage_work("infer", n, f) == (2 * 50 * f * n, 0)
+    assert ours.stage_work("learn", n, f) == (3 * 3 * f * n, 0)
+    assert ours.stage_work("correct", n, f) == (0, n)  # an OT problem of size n, counted in seconds
+    seconds = cost.job_seconds("stage", ours, ["infer", "correct", "learn"], device="cpu", evaluation=EVALUATION)
     expected = cost.STARTUP_SECONDS + cost.OT_SECONDS_AT_60K["cpu"] + 109 * f * n / 0.035e12
     assert seconds == pytest.approx(expected)
     # the measured full-MNIST iteration on this 2-core CPU: 45-60 min (docs/performance.md)
@@ -41,12 +52,28 @@ def test_training_images_follow_the_protocol():
     assert cost.training_images({**MNIST, "train_images": 1_000}) == 1_000
 
 
+def test_the_other_methods_stages_by_hand():
+    """An encoder method's epoch is 6 decoder passes; SRI's inference is ours; AE-OT's potential steps and the
+    Coupled VAE's pairwise likelihoods (784 pixels, every image against every draw) are counted by hand."""
+    f, n = cost.decoder_flops("mnist", 30), 60_000
+    vae, sri, aeot, cvae = (paper_method(run) for run in ("vae", "sri", "aeot", "cvae"))
+    assert vae.stage_work("learn", n, f) == (6 * f * n, 0) and vae.stage_work("init", n, f) == (0, 0)
+    assert sri.stage_work("infer", n, f) == (2 * sri.settings["langevin"]["steps"] * f * n, 0)
+    assert aeot.stage_work("autoencoder", n, f) == (6 * f * n, 0) and aeot.stage_work("codes", n, f) == (0, 0)
+    p = aeot.settings["potential"]
+    per_step = aeot.settings["ot_batch"] * (6 * p["layers"] * p["width"] ** 2 + 2 * n * 30)
+    assert aeot.stage_work("potential", n, f) == (aeot.settings["potential_steps"] * per_step, 0)
+    steps = cvae.settings["dual"]["steps"]
+    assert cvae.stage_work("learn", n, f) == (6 * f * n + 3 * (steps + 1) * n * n * 784, 0)
+
+
 def test_the_evaluation_counts_the_inception_and_the_reconstructions():
     f = cost.decoder_flops("mnist", 30)
     n, n_test = 60_000, 10_000
-    langevin = cost.evaluation_flops(SHORTRUN, n, n_test, f, 10_000, 200)
+    langevin = cost.evaluation_flops(paper_method("ours"), n, n_test, f, 10_000, 200)
     assert langevin == 10_000 * cost.INCEPTION_FLOPS + 2 * 200 * f * n_test + f * n
-    assert cost.evaluation_flops(MNIST, n, n_test, f, 10_000, 200) == 10_000 * cost.INCEPTION_FLOPS + 3 * f * (n + n_test)
+    encoded = cost.evaluation_flops(paper_method("vae"), n, n_test, f, 10_000, 200)
+    assert encoded == 10_000 * cost.INCEPTION_FLOPS + 3 * f * (n + n_test)
 
 
 def test_the_reference_statistics_cost_the_inception_over_the_real_images():

@@ -4,9 +4,9 @@ Work is counted in floating-point operations and divided by rates measured on th
 (docs/performance.md, "Cost estimate"):
 
 * the decoder g: ``decoder_flops`` of one image's forward pass (``torch.utils.flop_counter`` on the run's
-  architecture; 16.2 MFLOP for Table 7's MNIST generator). A Langevin step is a forward and a backward pass to
-  z (2 forward passes' worth); a learning pass also computes the weights' gradients (3); an epoch of an
-  encoder method runs an encoder of about the decoder's size as well (6);
+  architecture; 16.2 MFLOP for Table 7's MNIST generator). Each method says what its stages and its
+  reconstructions cost in these units (``Method.stage_work``, ``Method.reconstruction_flops``): a Langevin
+  step is 2 forward passes' worth, a learning pass 3, an encoder method's epoch 6;
 * the FID Inception: 5.7 GFLOP per image at 299 x 299;
 * the exact OT correction, which is not a matrix product: its measured seconds at n = 60,000, scaled as
   n^1.5 (141 s against 9.6 s at n = 10,000 on the CPU).
@@ -18,11 +18,10 @@ on a CPU by mistake (weeks) says so before it starts.
 from __future__ import annotations
 
 import functools
-import math
-
 import torch
 
-from .models import ARCHITECTURES, architecture_of, build_generator
+from .methods.base import Method
+from .models import architecture_of, build_generator
 
 #: Achieved FLOP/s of one job: on a CPU the Langevin chain and the Inception both reach 0.03-0.04 TFLOP/s on the
 #: 2-core AMD EPYC, with one thread as with two (a second thread did not speed up the full-MNIST batch);
@@ -73,56 +72,35 @@ def ot_seconds(n: int, device: str) -> float:
     return OT_SECONDS_AT_60K[device] * (n / 60_000) ** 1.5
 
 
-def stage_flops(settings: dict, stage: str, n: int, flops: float) -> float:
-    """FLOPs of one training stage of a run over n images whose decoder costs ``flops`` per forward pass."""
-    langevin = settings.get("langevin")
-    if stage in ("init", "correct", "posterior", "codes", "density"):
-        return 0.0  # start-up only (the correction is counted in seconds: ot_seconds)
-    if stage == "infer":
-        return 2 * langevin["steps"] * flops * n
-    if stage == "learn" and langevin:
-        return 3 * settings["learning"].get("passes", 1) * flops * n
-    if stage == "potential":  # AE-OT's Alg. 1: the potential network on a batch, every code against it
-        width, layers = settings["potential"]["width"], settings["potential"]["layers"]
-        per_step = settings["ot_batch"] * (6 * layers * width ** 2 + 2 * n * settings["latent_dim"])
-        return settings["potential_steps"] * per_step
-    epoch = 6 * flops * n  # an encoder and a decoder, forward and backward
-    if "dual" in settings:  # the Coupled VAE: the likelihood of every image under every prior draw, K + 1 times
-        pixels = math.prod(ARCHITECTURES[architecture_of(settings["dataset"])]["image_shape"])
-        epoch += 3 * (settings["dual"]["steps"] + 1) * n * n * pixels
-    return epoch
-
-
-def evaluation_flops(settings: dict, n: int, n_test: int, flops: float, fid_samples: int,
+def evaluation_flops(method: Method, n: int, n_test: int, flops: float, fid_samples: int,
                      test_steps: int) -> float:
-    """FLOPs of Table 1's evaluation of a run: the Inception pass over its samples, then the reconstructions
-    (noise-initialised Langevin on the test images for the MCMC methods; encode and decode for the others)."""
-    if settings.get("langevin"):
-        reconstructions = 2 * test_steps * flops * n_test + flops * n
-    else:
-        reconstructions = 3 * flops * (n + n_test)
-    return fid_samples * INCEPTION_FLOPS + reconstructions
+    """FLOPs of Table 1's evaluation of a run: the Inception pass over its samples, then the method's
+    reconstructions (``Method.reconstruction_flops``)."""
+    return fid_samples * INCEPTION_FLOPS + method.reconstruction_flops(n, n_test, flops, test_steps)
 
 
-def job_seconds(rule: str, settings: dict | None, stages: list[str], *, device: str, evaluation: dict,
+def job_seconds(rule: str, method: Method | None, stages: list[str], *, device: str, evaluation: dict,
                 inception_speedup: float = 1.0) -> float:
     """Estimated seconds of one job: ``stages`` are the training stages it runs (a stage job: one; a block:
-    every stage of its iterations); ``settings`` is its run's (None for jobs of no run)."""
+    every stage of its iterations), each costed by its run's ``method`` (``Method.stage_work``; None for jobs
+    of no run)."""
     seconds = STARTUP_SECONDS
-    if settings is None:
+    if method is None:
         return seconds
-    rate = FLOPS_PER_SECOND[device]
+    settings, rate = method.settings, FLOPS_PER_SECOND[device]
     n = training_images(settings)
     flops = decoder_flops(architecture_of(settings["dataset"]), settings["latent_dim"],
                           tuple(settings.get("upper_latent_dims", ())))
-    work = sum(stage_flops(settings, stage, n, flops) for stage in stages)
-    seconds += sum(ot_seconds(n, device) for stage in stages if stage == "correct")
+    for stage in stages:
+        work, ot_size = method.stage_work(stage, n, flops)
+        seconds += work / rate + (ot_seconds(ot_size, device) if ot_size else 0.0)
     if rule in ("evaluate", "evaluate_point"):
         n_test = test_images(settings, evaluation["test_images"])
         inception = evaluation["fid_samples"] * INCEPTION_FLOPS
-        work += evaluation_flops(settings, n, n_test, flops, evaluation["fid_samples"],
-                                 evaluation["test_langevin_steps"]) - inception + inception / inception_speedup
-    return seconds + work / rate
+        work = evaluation_flops(method, n, n_test, flops, evaluation["fid_samples"],
+                                evaluation["test_langevin_steps"]) - inception + inception / inception_speedup
+        seconds += work / rate
+    return seconds
 
 
 def reference_seconds(dataset: str, n_real: str, *, device: str, inception_speedup: float = 1.0) -> float:

@@ -313,7 +313,7 @@ def plan_cost():
             run = job.params.run
             stages = [stage for t in range(job.params.first, job.params.last + 1) for stage in METHODS[run].stages(t)]
         evaluated = "evaluate" if name == "anomaly_score" else name  # its score: the test set's reconstructions
-        seconds = cost.job_seconds(evaluated, SETTINGS.get(run), stages, device=device,
+        seconds = cost.job_seconds(evaluated, METHODS.get(run), stages, device=device,
                                    evaluation=anomaly_evaluation if name == "anomaly_score" else EVAL,
                                    inception_speedup=speedup)
         if name == "fid_reference":

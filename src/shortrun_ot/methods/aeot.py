@@ -275,6 +275,18 @@ class AEOT(AutoencoderMethod):
         report = {name: sum(step[name] for step in steps) / len(steps) for name in steps[0]}
         return {"potential": network.state_dict(), "potential_optimizer": optimizer.state_dict()}, report
 
+    # -- cost
+    def stage_work(self, stage, n, decoder_flops):
+        """An autoencoder epoch as every encoder method's; a potential step (Alg. 1) runs the MLP on a batch and
+        compares every code with it."""
+        if stage == "autoencoder":
+            return 6 * decoder_flops * n, 0
+        if stage == "potential":
+            p, batch = self.settings["potential"], self.settings["ot_batch"]
+            per_step = batch * (6 * p["layers"] * p["width"] ** 2 + 2 * n * self.settings["latent_dim"])
+            return self.settings["potential_steps"] * per_step, 0
+        return 0.0, 0
+
     # -- evaluation
     def evaluation_points(self, t):
         if t <= self.autoencoder_iterations:  # no potential yet: decoded N(0, I) samples

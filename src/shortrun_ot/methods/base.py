@@ -139,6 +139,18 @@ class Method:
                       protocol: EvaluationProtocol) -> "TrainedModel":
         raise NotImplementedError
 
+    # -- cost (shortrun_ot.cost: a plan's estimate before its first job)
+    def stage_work(self, stage: str, n: int, decoder_flops: float) -> tuple[float, int]:
+        """(FLOPs, size of the exact OT problem it solves) of ``stage`` over n training images, where one
+        image's forward pass through the decoder costs ``decoder_flops``. By default a stage costs its
+        start-up only (``init``, and stages that fit or encode without training)."""
+        return 0.0, 0
+
+    def reconstruction_flops(self, n_train: int, n_test: int, decoder_flops: float, test_steps: int) -> float:
+        """FLOPs of the evaluation's reconstructions (Table 1's MSE, the latents for its samples): by default an
+        encoder of about the decoder's size and the decoder over the training and test images."""
+        return 3 * decoder_flops * (n_train + n_test)
+
     # -- helpers
     def rng(self, t: int, name: str) -> torch.Generator:
         """The run's random stream ``name`` of iteration t (``config.stage_rng``)."""
@@ -175,6 +187,10 @@ class AutoencoderMethod(Method):
     @staticmethod
     def state(encoder, decoder, optimizer) -> dict:
         return {"encoder": encoder.state_dict(), "decoder": decoder.state_dict(), "optimizer": optimizer.state_dict()}
+
+    def stage_work(self, stage, n, decoder_flops):
+        """An epoch of ``learn``: an encoder and a decoder, forward and backward (6 forward passes' worth)."""
+        return (6 * decoder_flops * n if stage == "learn" else 0.0), 0
 
     def init(self, t, inputs, ctx):
         """Xavier-normal encoder and decoder (as the short-run method's generator) and a fresh Adam."""

@@ -47,7 +47,7 @@ import torch
 from ..config import stage_rng
 from ..learning import make_optimizer
 from ..likelihood import pairwise_negative_log_likelihood
-from ..models import architecture_of, build_generator, frozen_batchnorm_statistics
+from ..models import ARCHITECTURES, architecture_of, build_generator, frozen_batchnorm_statistics
 from .base import Method, StageRef, TrainedModel, in_batches, load_optimizer_state
 
 
@@ -186,6 +186,14 @@ class CoupledVAE(Method):
         return state, {"objective": sum(objectives) / steps, "dual_objective": sum(dual_values) / len(dual_values),
                        "marginal_error": float((marginal - 1).abs().mean()), "u_spread": float(u.detach().std()),
                        "decoder_steps": steps}
+
+    def stage_work(self, stage, n, decoder_flops):
+        """An epoch of the decoder (and of an encoder's worth), plus the likelihood of every image under every
+        prior draw for each of the ``dual.steps`` ascent steps and the descent step (Eq. 18)."""
+        if stage != "learn":
+            return 0.0, 0
+        pixels = math.prod(ARCHITECTURES[architecture_of(self.settings["dataset"])]["image_shape"])
+        return 6 * decoder_flops * n + 3 * (self.settings["dual"]["steps"] + 1) * n * n * pixels, 0
 
     def evaluation_points(self, t):
         return {"end": {"model": StageRef(t, "init" if t == 0 else "learn")}}

@@ -225,6 +225,20 @@ class ShortRunOT(Method):
                                  ctx.device, ctx.progress, ctx.mask)
         return {"generator": generator.state_dict(), "optimizer": optimizer.state_dict()}, report
 
+    # -- cost
+    def stage_work(self, stage, n, decoder_flops):
+        """A Langevin step (Eq. 7) is a forward and a backward pass to z (2 forward passes' worth); a learning
+        pass also computes the weights' gradients (3); the correction solves an OT problem of size n."""
+        if stage == "infer":
+            return 2 * self.settings["langevin"]["steps"] * decoder_flops * n, 0
+        if stage == "learn":
+            return 3 * self.settings["learning"]["passes"] * decoder_flops * n, 0
+        return 0.0, (n if stage == "correct" else 0)
+
+    def reconstruction_flops(self, n_train, n_test, decoder_flops, test_steps):
+        """Noise-initialised short-run inference on the test images, and the learned latents decoded."""
+        return 2 * test_steps * decoder_flops * n_test + decoder_flops * n_train
+
     # -- evaluation
 
     def evaluation_points(self, t: int) -> dict[str, dict[str, StageRef]]:

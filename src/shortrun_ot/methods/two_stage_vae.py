@@ -162,6 +162,11 @@ class TwoStageVAE(Method):
         report = self._epoch(vae, optimizer, z, t, ctx, "stage-2 epoch")
         return {"stage2": {"vae": vae.state_dict(), "optimizer": optimizer.state_dict()}}, report
 
+    # -- cost
+    def stage_work(self, stage, n, decoder_flops):
+        """An epoch of either stage at an encoder method's cost (an upper bound for the small second stage)."""
+        return (6 * decoder_flops * n if stage in ("stage1", "stage2") else 0.0), 0
+
     # -- evaluation
     def evaluation_points(self, t):
         if t <= self.first_iterations:  # before stage 2: a plain VAE with learned gamma (stage-1 samples)
