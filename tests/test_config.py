@@ -101,6 +101,7 @@ BAD = {
     "interpolation of a GMM sampler": (_set("figures.aeot_celeba", {"runs": ["rae"], "pairs": 1, "steps": 2}),
                                        "figures.aeot_celeba.runs"),
     "per-dataset key a method sets": (_set("datasets.svhn.training.iterations", 5), "datasets.svhn.training.iterations"),
+    "states left out by per-stage jobs": (_set("compute.keep_states_every", 10), "compute.keep_states_every"),
 }
 
 

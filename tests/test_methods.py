@@ -235,6 +235,48 @@ def test_block_jobs_write_the_bits_of_per_stage_jobs(method, tiny_data, tmp_path
             assert path.read_bytes() == twin.read_bytes(), path
 
 
+def test_the_kept_iterations_by_hand():
+    """compute.keep_states_every: ours (a correction every 2 iterations) keeps iteration 0, the multiples of
+    N, each block's last iteration (which the next block reads) and iteration 2, whose correction's dual
+    vector warm-starts the correction of iteration 4 in the next block; AE-OT (autoencoder_iterations = 1)
+    keeps iteration 2's codes, which every later potential step reads, and iteration 1's autoencoder, which
+    its trained model is."""
+    ours, aeot = build_method(tiny_settings("shortrun")), build_method(tiny_settings("aeot"))
+    assert ours.settings["correction"]["every"] == 2
+    assert layout.kept_iterations(ours, [(1, 3), (4, 6), (7, 7)], 4) == {0, 2, 3, 4, 6, 7}
+    assert layout.kept_iterations(ours, [(1, 3), (4, 6), (7, 7)], 1) == set(range(8))
+    assert layout.kept_iterations(aeot, [(1, 3), (4, 5)], 10) == {0, 1, 2, 3, 5}
+    outputs = layout.block_outputs("r", ours, 1, 3, kept={0, 3})
+    assert [str(p) for p in outputs if p.suffix == ".pt"] == ["r/it0003/infer.pt", "r/it0003/learn.pt"]
+    reports = [p for p in outputs if p.name.endswith(".json") and not p.name.endswith(".pt.json")]
+    assert len(reports) == 2 + 3 + 2  # one per stage; iteration 2 corrects
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["shortrun", "aeot"])
+def test_blocks_that_keep_some_states_write_the_bits_of_blocks_that_keep_all(method, tiny_data, tmp_path):
+    """The states a block keeps are those of a run that keeps every state, bit for bit; the others are not
+    written; every stage's report is."""
+    settings = stage_settings(tiny_settings(method))
+    method_ = run_per_stage(settings, tmp_path / "all", tiny_data, 0)
+    run_per_stage(settings, tmp_path / "some", tiny_data, 0)
+    blocks = [(1, 3), (4, 5)]
+    kept = layout.kept_iterations(method_, blocks, 10)
+    for first, last in blocks:
+        train_block(settings, tmp_path / "all", first, last, tiny_data, torch.device("cpu"))
+        train_block(settings, tmp_path / "some", first, last, tiny_data, torch.device("cpu"), keep=kept)
+    for first, last in blocks:
+        for path in layout.block_outputs(tmp_path / "all", method_, first, last):
+            twin = tmp_path / "some" / path.relative_to(tmp_path / "all")
+            t = int(path.parent.name.removeprefix("it"))
+            if path.name.endswith(".json") and not path.name.endswith(".pt.json"):
+                assert twin.is_file(), twin  # every report
+            elif t in kept:
+                assert path.read_bytes() == twin.read_bytes(), path
+            else:
+                assert not twin.exists(), twin
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHOD_SETTINGS))
 def test_every_method_answers_the_evaluation_protocol(method, tiny_data, tmp_path):

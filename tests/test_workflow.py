@@ -92,6 +92,35 @@ def test_tiny_workflow_trains_resumes_and_is_deterministic(tmp_path, capsys):
     assert "startup_seconds" not in json.loads((blocks_results / "runs" / "ours" / "it0002" / "infer.json").read_text())
 
 
+@pytest.mark.slow
+def test_blocks_that_keep_some_states_leave_the_others_out_and_the_run_complete(tmp_path):
+    """compute.keep_states_every = 4, blocks of 3, 7 iterations, a correction every 2: the states of
+    iterations 0, 2 (the next block's correction reads its dual vector), 3 and 6 (blocks' ends), 4 and 7 are
+    written, the others' reports only; a second invocation has nothing to do, and an evaluation of a
+    dropped iteration stops with the key to change."""
+    config = tiny_config(tmp_path, compute={"iterations_per_job": 3, "keep_states_every": 4}, iterations=7)
+    run = tmp_path / "results" / "runs" / "ours"
+    targets = [str(run / "history.csv"), str(run / "final")]
+    snakemake("--configfile", str(config), "--", *targets)
+    for t in range(8):
+        stages = ["init"] if t == 0 else ["infer", "correct", "learn"] if t % 2 == 0 else ["infer", "learn"]
+        written = sorted(p.name for p in (run / f"it{t:04d}").glob("*.pt"))
+        assert written == (sorted(f"{stage}.pt" for stage in stages) if t in {0, 2, 3, 4, 6, 7} else []), t
+        assert all((run / f"it{t:04d}" / f"{stage}.json").is_file() for stage in stages), t
+    assert (run / "final" / "model.pt").is_file()
+    again = snakemake("--configfile", str(config), "-n", "--", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    # N says how, not what: another N (3: block 4..6 would keep iteration 6 only) reruns no block
+    other = yaml.safe_load(config.read_text())
+    other["compute"]["keep_states_every"] = 3
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
+    again = snakemake("--configfile", str(tmp_path / "other.yaml"), "-n", "--", *targets)
+    assert "Nothing to be done" in again.stdout + again.stderr
+    dropped = snakemake("--configfile", str(config), "--", str(run / "evaluation" / "end-it0005.json"), check=False)
+    assert dropped.returncode != 0
+    assert "needs the states of iteration(s) [5] of run 'ours', which compute.keep_states_every = 4" in dropped.stderr
+
+
 TOY_METHOD = '''
 """A method that exists only in this test: the mean training image, whatever z."""
 import torch

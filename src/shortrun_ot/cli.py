@@ -85,7 +85,8 @@ def cmd_train_block(args):
 
     reports = train_block(load_run_settings(args.config), args.run_dir, args.first, args.last, args.data,
                           resolve_device(args.device), progress=True, cuda_graph=args.cuda_graphs,
-                          batches_at_once=args.batches_at_once)
+                          batches_at_once=args.batches_at_once,
+                          keep=None if args.keep_iterations is None else set(args.keep_iterations))
     print(json.dumps({"iterations": [args.first, args.last], "stages": len(reports)}))
 
 
@@ -588,6 +589,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", required=True, help="results/runs/<run>: reads before FIRST, writes FIRST..LAST")
     p.add_argument("--first", type=int, required=True)
     p.add_argument("--last", type=int, required=True)
+    p.add_argument("--keep-iterations", type=int, nargs="+", metavar="T",
+                   help="the iterations whose states are written (default: all; compute.keep_states_every)")
     for name in ("stage", "train-block"):
         sub.choices[name].add_argument("--cuda-graphs", action="store_true",
                                        help="replay each batch's Langevin chain as a CUDA graph (CUDA only)")

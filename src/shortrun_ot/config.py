@@ -149,6 +149,9 @@ def validate_config(config: dict) -> dict[str, dict]:
     each method's defaults, each run, sweep and anomaly run, then the cross-references.
     """
     _check(config, load_schema())
+    if config["compute"]["keep_states_every"] > 1 and config["compute"]["iterations_per_job"] == 1:
+        raise ConfigError("config key 'compute.keep_states_every': keeping only some iterations' states needs "
+                          "block jobs (compute.iterations_per_job > 1); a job per stage writes every state it computes")
     for name, defaults in config["methods"].items():
         _check(defaults, run_schema(name, complete=False), prefix=f"methods.{name}")
     for dataset, block in config["datasets"].items():

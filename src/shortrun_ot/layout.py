@@ -53,10 +53,26 @@ def reports(run_dir: str | Path, method: Method, last: int) -> list[Path]:
     return [report_file(run_dir, ref) for t in range(1, last + 1) for ref in iteration_refs(method, t)]
 
 
-def block_outputs(run_dir: str | Path, method: Method, first: int, last: int) -> list[Path]:
-    """Every file iterations first..last write, in stage order."""
+def block_outputs(run_dir: str | Path, method: Method, first: int, last: int,
+                  kept: set[int] | None = None) -> list[Path]:
+    """Every file iterations first..last write, in stage order; with ``kept`` (``kept_iterations``), the
+    iterations not in it write their reports only."""
     return [path for t in range(first, last + 1) for ref in iteration_refs(method, t)
-            for path in stage_files(run_dir, ref)]
+            for path in (stage_files(run_dir, ref) if kept is None or t in kept else [report_file(run_dir, ref)])]
+
+
+def kept_iterations(method: Method, blocks: list[tuple[int, int]], every: int) -> set[int]:
+    """The iterations whose state files a run of block jobs ``blocks`` ((first, last), ...) writes when it
+    keeps every ``every``-th (``compute.keep_states_every``): iteration 0, the multiples of ``every``, each
+    block's last iteration (where the next block, or a resumed run, starts), every iteration whose states
+    a later block reads, and those of the trained model (the last iteration's ``"end"`` point)."""
+    last = blocks[-1][1] if blocks else 0
+    kept = {0, *range(every, last + 1, every), *(end for _, end in blocks)}
+    kept |= {ref.iteration for ref in method.evaluation_points(last)["end"].values()} if blocks else set()
+    for first, end in blocks:
+        kept |= {ref.iteration for t in range(first, end + 1) for stage in method.stages(t)
+                 for ref in method.inputs(stage, t).values() if ref.iteration < first}
+    return kept
 
 
 def block_inputs(run_dir: str | Path, method: Method, first: int, last: int) -> list[Path]:

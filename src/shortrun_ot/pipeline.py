@@ -152,12 +152,14 @@ def run_stage(settings: dict, ref: StageRef, input_paths: dict[str, str | Path],
 
 
 def train_block(settings: dict, run_dir, first: int, last: int, data_path, device: torch.device,
-                progress: bool = False, cuda_graph: bool = False, batches_at_once: int = 1) -> list[dict]:
+                progress: bool = False, cuda_graph: bool = False, batches_at_once: int = 1,
+                keep: set[int] | None = None) -> list[dict]:
     """Iterations first..last in one process, writing every stage's files as the per-stage jobs do.
 
     The states stay in memory between stages (each stage gets its own copy, so none can change
     another's); every file is written as soon as its stage ends, so an interrupted block keeps its
-    finished stages on disk. The files equal those of one process per stage, bit for bit.
+    finished stages on disk. The files equal those of one process per stage, bit for bit. With
+    ``keep`` (``layout.kept_iterations``), iterations not in it write their reports but not their states.
     """
     if not 1 <= first <= last:
         raise ValueError(f"a block needs 1 <= first <= last, got {first}..{last}")
@@ -176,7 +178,8 @@ def train_block(settings: dict, run_dir, first: int, last: int, data_path, devic
             state, report = method.run(ref.stage, t, inputs, ctx)
             compute = time.perf_counter() - stage_start
             out = layout.state_file(run_dir, ref)
-            save_state(state, out, settings, ref)
+            if keep is None or t in keep:
+                save_state(state, out, settings, ref)
             cache[out] = StateFile(state, out)
             reports.append(_save_report(report, ref, settings, ctx, stage_start, compute,
                                         startup if not reports else None, layout.report_of(out)))

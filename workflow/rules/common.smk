@@ -1,5 +1,7 @@
+import functools
 import json
 import math
+import os
 import shlex
 import sys
 
@@ -48,6 +50,7 @@ CLI = f"{shlex.quote(sys.executable)} -m shortrun_ot"
 DEVICE = config["device"]
 COMPUTE = config["compute"]
 BLOCK = COMPUTE["iterations_per_job"]
+KEEP_EVERY = COMPUTE["keep_states_every"]  # > 1 only with BLOCK > 1 (validate_config)
 # Flags of the training stages that change how, not what, they compute.
 TRAIN_FLAGS = " ".join(flag for flag, on in (("--cuda-graphs", COMPUTE["cuda_graphs"]), ("--tf32", COMPUTE["tf32"]),
                                              (f"--batches-at-once {COMPUTE['batches_at_once']}",
@@ -142,6 +145,35 @@ def blocks(run):
     return [(first, min(first + BLOCK - 1, T)) for first in range(1, T + 1, BLOCK)]
 
 
+@functools.cache
+def kept_iterations(run):
+    """The iterations whose state files `run` keeps (None: every one; compute.keep_states_every > 1)."""
+    if KEEP_EVERY == 1:
+        return None
+    return layout.kept_iterations(METHODS[run], blocks(run), KEEP_EVERY)
+
+
+def keep_flag(wildcards, output):
+    """` --keep-iterations T ...` of a block job: the iterations that have state files among its outputs (empty
+    when every iteration keeps its states). Derived from the outputs, it is no parameter that Snakemake's params
+    trigger compares, so changing compute.keep_states_every reruns no block already run."""
+    if KEEP_EVERY == 1:
+        return ""
+    kept = sorted({int(os.path.basename(os.path.dirname(path)).removeprefix("it")) for path in output
+                   if path.endswith(".pt")})
+    return " --keep-iterations " + " ".join(map(str, kept))
+
+
+def require_kept(run, refs, product):
+    """Stop with a clear message where `product` needs states that compute.keep_states_every leaves out."""
+    kept = kept_iterations(run)
+    missing = sorted({ref.iteration for ref in refs} - kept) if kept is not None else []
+    if missing:
+        raise ValueError(f"{product} needs the states of iteration(s) {missing} of run {run!r}, which "
+                         f"compute.keep_states_every = {KEEP_EVERY} does not keep; set it to 1, or to a divisor "
+                         f"of those iterations")
+
+
 def fid_reference_of(w):
     n_real = EVAL["fid_real_images"] or "all"
     return f"{RESULTS}/fid/{SETTINGS[w.run]['dataset']}-{n_real}.npz"
@@ -151,6 +183,8 @@ def evaluation_inputs(w):
     inputs = {"config": f"{run_dir(w.run)}/config.json", "data": prepared_data(w), "fid_reference": fid_reference_of(w)}
     if w.get("t") is None:  # the final model
         return {**inputs, "final": f"{run_dir(w.run)}/final"}
+    points = METHODS[w.run].evaluation_points(int(w.t))
+    require_kept(w.run, points.get(w.point, {}).values(), f"the evaluation of point {w.point!r} of iteration {w.t}")
     return {**inputs, **layout.point_files(run_dir(w.run), METHODS[w.run], int(w.t), w.point)}
 
 
@@ -193,6 +227,7 @@ def figure2_inputs(w):
     """Fig. 2: the inferred latents of every correction iteration of the figure's run, and its prior sample."""
     run = FIGURES["figure2"]["run"]
     method = METHODS[run]
+    require_kept(run, [StageRef(t, "infer") for t in correction_iterations(method)], "Fig. 2")
     latents = {f"latents{t}": str(layout.state_file(run_dir(run), StageRef(t, "infer")))
                for t in correction_iterations(method)}
     return {"config": f"{run_dir(run)}/config.json", "data": prepared_data_of(run),
