@@ -246,6 +246,8 @@ def test_the_kept_iterations_by_hand():
     assert layout.kept_iterations(ours, [(1, 3), (4, 6), (7, 7)], 4) == {0, 2, 3, 4, 6, 7}
     assert layout.kept_iterations(ours, [(1, 3), (4, 6), (7, 7)], 1) == set(range(8))
     assert layout.kept_iterations(aeot, [(1, 3), (4, 5)], 10) == {0, 1, 2, 3, 5}
+    assert layout.iteration_of(layout.state_file("r", StageRef(12, "infer"))) == 12
+    assert layout.kept_iterations(ours, [], 4) == {0}
     outputs = layout.block_outputs("r", ours, 1, 3, kept={0, 3})
     assert [str(p) for p in outputs if p.suffix == ".pt"] == ["r/it0003/infer.pt", "r/it0003/learn.pt"]
     reports = [p for p in outputs if p.name.endswith(".json") and not p.name.endswith(".pt.json")]
@@ -268,7 +270,7 @@ def test_blocks_that_keep_some_states_write_the_bits_of_blocks_that_keep_all(met
     for first, last in blocks:
         for path in layout.block_outputs(tmp_path / "all", method_, first, last):
             twin = tmp_path / "some" / path.relative_to(tmp_path / "all")
-            t = int(path.parent.name.removeprefix("it"))
+            t = layout.iteration_of(path)
             if path.name.endswith(".json") and not path.name.endswith(".pt.json"):
                 assert twin.is_file(), twin  # every report
             elif t in kept:

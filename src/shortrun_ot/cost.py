@@ -18,6 +18,7 @@ on a CPU by mistake (weeks) says so before it starts.
 from __future__ import annotations
 
 import functools
+
 import torch
 
 from .methods.base import Method

@@ -18,6 +18,11 @@ def iteration_dir(run_dir: str | Path, t: int) -> Path:
     return Path(run_dir) / f"it{int(t):04d}"
 
 
+def iteration_of(path: str | Path) -> int:
+    """The iteration t of a file under ``it<t>/`` (the inverse of ``iteration_dir``)."""
+    return int(Path(path).parent.name.removeprefix("it"))
+
+
 def state_file(run_dir: str | Path, ref: StageRef) -> Path:
     """The state a stage writes: ``it<t>/<stage>.pt``."""
     return iteration_dir(run_dir, ref.iteration) / f"{ref.stage}.pt"
@@ -66,9 +71,11 @@ def kept_iterations(method: Method, blocks: list[tuple[int, int]], every: int) -
     keeps every ``every``-th (``compute.keep_states_every``): iteration 0, the multiples of ``every``, each
     block's last iteration (where the next block, or a resumed run, starts), every iteration whose states
     a later block reads, and those of the trained model (the last iteration's ``"end"`` point)."""
-    last = blocks[-1][1] if blocks else 0
+    if not blocks:
+        return {0}
+    last = blocks[-1][1]
     kept = {0, *range(every, last + 1, every), *(end for _, end in blocks)}
-    kept |= {ref.iteration for ref in method.evaluation_points(last)["end"].values()} if blocks else set()
+    kept |= {ref.iteration for ref in method.evaluation_points(last)["end"].values()}
     for first, end in blocks:
         kept |= {ref.iteration for t in range(first, end + 1) for stage in method.stages(t)
                  for ref in method.inputs(stage, t).values() if ref.iteration < first}

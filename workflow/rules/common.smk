@@ -1,7 +1,6 @@
 import functools
 import json
 import math
-import os
 import shlex
 import sys
 
@@ -159,8 +158,7 @@ def keep_flag(wildcards, output):
     trigger compares, so changing compute.keep_states_every reruns no block already run."""
     if KEEP_EVERY == 1:
         return ""
-    kept = sorted({int(os.path.basename(os.path.dirname(path)).removeprefix("it")) for path in output
-                   if path.endswith(".pt")})
+    kept = sorted({layout.iteration_of(path) for path in output if path.endswith(".pt")})
     return " --keep-iterations " + " ".join(map(str, kept))
 
 
